@@ -1,0 +1,82 @@
+"""Events the relay loop emits while an answer streams.
+
+The relay state machine (`edge.relay.machine`) works on token ids only. Drivers turn its events
+into text (with `edge.detok.IncrementalDetokenizer`) and into a cost record (`edge.cost`). The chat
+app, the evaluator and the GRPO rollouts all consume this one event vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Source = Literal["slm", "llm"]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One token appended to the answer (the SLM's context)."""
+
+    token_id: int
+    source: Source
+    text: str = ""
+    """Text this token completed (filled in by drivers; may be empty mid UTF-8 character)."""
+    in_command: bool = False
+    """True for SLM tokens that belong to a `<call>N</call>` command (hidden from the LLM)."""
+
+
+@dataclass(frozen=True)
+class RelayStarted:
+    """The SLM handed control to the cloud LLM."""
+
+    index: int
+    n_requested: int
+    """N as the SLM wrote it (or as the policy chose it)."""
+    n_granted: int
+    """N after the per-relay cap and the remaining token budget."""
+    trigger: Literal["command", "entropy", "random", "cloud-only"]
+
+
+@dataclass(frozen=True)
+class RelayFinished:
+    """The cloud LLM's span ended; control returns to the SLM unless `finish == "eos"`."""
+
+    index: int
+    tokens_received: int
+    finish: Literal["length", "eos", "abort", "error"]
+    round_trip_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that did not stop the answer (fallbacks, ignored commands)."""
+
+    kind: Literal[
+        "command_n0",
+        "command_malformed",
+        "command_clamped",
+        "relay_limit",
+        "budget_exhausted",
+        "cloud_unavailable",
+        "cloud_error",
+    ]
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AnswerFinished:
+    """The answer is complete."""
+
+    reason: Literal["eos", "llm_eos", "max_tokens", "cancelled", "context_full", "error"]
+    detail: str = ""
+
+
+RelayEvent = TokenEvent | RelayStarted | RelayFinished | Notice | AnswerFinished
+
+
+@dataclass
+class Transcript:
+    """Token ids of an answer with their provenance, for rendering and export."""
+
+    token_ids: list[int] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)

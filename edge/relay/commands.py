@@ -1,0 +1,131 @@
+"""The `<call>N</call>` command on a token stream: detect it, cut it out, or forbid it.
+
+The command is plain text (no special tokens), so BPE may split it anywhere and a token may carry
+bytes before `<call>` or after `</call>`. Everything here works on token *bytes*:
+
+- `CommandScanner` finds complete commands (and malformed ones) as tokens arrive.
+- `cut_commands` builds the LLM's view of a stretch of SLM tokens: tokens wholly outside every
+  command pass through unchanged (same ids); the bytes of boundary tokens that lie outside the
+  command are re-encoded; the command's own bytes disappear. So the LLM context is the SLM's text
+  with each command deleted, and it only ever grows (append-only), keeping the cloud cache valid.
+- `CommandMask` bans the tokens that would start a command, for SLM-only continuation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+COMMAND_RE = re.compile(rb"<call>\s*(\d+)\s*</call>")
+OPEN = b"<call>"
+CLOSE = b"</call>"
+_MAX_N_DIGITS = 9  # more digits than this is "huge": clamped, never parsed into a giant int
+
+
+@dataclass(frozen=True)
+class Command:
+    start: int
+    """Byte offset of `<call>` in the scanned buffer."""
+    end: int
+    """Byte offset just past `</call>`."""
+    n: int
+
+
+@dataclass(frozen=True)
+class Malformed:
+    start: int
+    end: int
+    text: str
+
+
+class CommandScanner:
+    """Incremental scan of a growing byte buffer for `<call>N</call>` commands."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self._scan_from = 0
+
+    def open_command_pending(self) -> bool:
+        """True while the unscanned text holds a `<call` that no `</call>` has closed yet."""
+        return self.buffer.find(b"<call", self._scan_from) >= 0
+
+    def push(self, data: bytes) -> Command | Malformed | None:
+        """Append a token's bytes; return the command it completed, if any."""
+        self.buffer += data
+        close = self.buffer.find(CLOSE, max(self._scan_from, len(self.buffer) - len(data) - len(CLOSE)))
+        if close < 0:
+            return None
+        end = close + len(CLOSE)
+        opening = self.buffer.rfind(OPEN, self._scan_from, close)
+        self._scan_from = end
+        match = COMMAND_RE.fullmatch(bytes(self.buffer[opening:end])) if opening >= 0 else None
+        if match is None:
+            start = opening if opening >= 0 else close
+            return Malformed(start, end, bytes(self.buffer[start:end]).decode("utf-8", "replace"))
+        digits = match.group(1)
+        n = int(digits) if len(digits) <= _MAX_N_DIGITS else 10**_MAX_N_DIGITS
+        return Command(opening, end, n)
+
+
+def cut_commands(
+    token_ids: Sequence[int],
+    token_bytes: Sequence[bytes],
+    spans: Sequence[tuple[int, int]],
+    encode: Callable[[str], list[int]],
+) -> list[int]:
+    """The token ids of `token_ids` with the byte ranges `spans` deleted (see module docstring).
+
+    `spans` are byte offsets into the concatenated bytes of `token_ids`.
+    """
+    out: list[int] = []
+    pending = bytearray()  # leftover bytes of boundary tokens, re-encoded as one piece
+    offset = 0
+    for tid in token_ids:
+        data = token_bytes[tid]
+        start, end = offset, offset + len(data)
+        offset = end
+        overlapping = [(s, e) for s, e in spans if s < end and e > start]
+        if not overlapping:
+            if pending:
+                out += encode(pending.decode("utf-8", errors="replace"))
+                pending.clear()
+            out.append(tid)
+            continue
+        keep = bytearray()
+        for pos, byte in enumerate(data, start=start):
+            if not any(s <= pos < e for s, e in overlapping):
+                keep.append(byte)
+        pending += keep
+    if pending:
+        out += encode(pending.decode("utf-8", errors="replace"))
+    return out
+
+
+class CommandMask:
+    """Logit mask that makes the SLM unable to write `<call>`.
+
+    A token is banned if it contains `<call`, or if it completes `<call` after the text so far
+    (the text ends with `<ca` and the token starts with `ll`, ...). Index sets are built once.
+    """
+
+    def __init__(self, token_bytes: Sequence[bytes]) -> None:
+        needle = b"<call"
+        self._always = np.array([i for i, b in enumerate(token_bytes) if needle in b], dtype=np.int64)
+        self._after_prefix: dict[bytes, np.ndarray] = {}
+        for k in range(1, len(needle)):
+            rest = needle[k:]
+            ids = [i for i, b in enumerate(token_bytes) if b.startswith(rest) or rest.startswith(b) and b]
+            self._after_prefix[needle[:k]] = np.array(ids, dtype=np.int64)
+
+    def banned(self, tail: bytes) -> np.ndarray:
+        """Token ids to ban given the last bytes of the SLM's text."""
+        extra = [ids for prefix, ids in self._after_prefix.items() if tail.endswith(prefix)]
+        return np.concatenate([self._always, *extra]) if extra else self._always
+
+    def apply(self, logits: np.ndarray, tail: bytes) -> np.ndarray:
+        masked = logits.copy()
+        masked[self.banned(tail)] = -np.inf
+        return masked

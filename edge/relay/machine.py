@@ -1,0 +1,260 @@
+"""The relay decision: a pure state machine over token ids. No I/O, no clocks, no models.
+
+The same machine drives the chat app, the CLI, the evaluator and the GRPO rollouts. A driver
+asks it what to do next and reports what happened:
+
+    action = machine.start()
+    loop:
+      Decode(feed)          -> logits = slm.forward(feed); action = machine.on_logits(logits)
+      CallCloud(context, n) -> for ids in llm stream: machine.on_llm_tokens(ids)
+                               action = machine.on_cloud_done(finish) | machine.on_cloud_failed(why)
+      Finish(reason)        -> stop
+    every call returns (events, action); events go to the UI / cost record.
+
+Two contexts are kept. The SLM's context (its KV cache) holds the prompt, everything the SLM
+wrote *including* its `<call>N</call>` commands, and the LLM's spans, appended as one chunk.
+The LLM's context is the same conversation with every command cut out (see `commands.py`); it is
+append-only at the token level, so the cloud's per-session KV cache stays valid.
+
+Policies: `learned` relays on the SLM's own commands; `entropy` relays `fixed_n` tokens when the
+SLM's top-1 probability < tau (the low-confidence sample is discarded and the LLM writes that
+position instead); `random` does the same at rate p per token; `never` is the SLM alone with
+commands masked out; `cloud-only` hands the whole answer to the LLM. When the cloud is unusable
+(down, over budget, relay limit reached) the SLM continues alone with commands masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.events import AnswerFinished, Notice, RelayEvent, RelayFinished, RelayStarted, TokenEvent
+from edge.relay.commands import Command, CommandMask, CommandScanner, Malformed, cut_commands
+from edge.relay.settings import RelaySettings
+from edge.sampling import sample, top1_probability
+
+
+@dataclass(frozen=True)
+class Decode:
+    """Feed these ids to the SLM (may be empty only never: there is always something new)."""
+
+    feed: list[int]
+
+
+@dataclass(frozen=True)
+class CallCloud:
+    """Ask the LLM for up to `n` tokens after `context` (the LLM's full, command-free context)."""
+
+    context: list[int]
+    n: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: str
+    detail: str = ""
+
+
+Action = Decode | CallCloud | Finish
+Step = tuple[list[RelayEvent], Action]
+
+
+@dataclass(frozen=True)
+class TokenizerView:
+    """What the machine needs to know about the shared tokenizer."""
+
+    token_bytes: Sequence[bytes]
+    eos_ids: frozenset[int]
+    encode: Callable[[str], list[int]]
+    mask: CommandMask
+
+
+@dataclass
+class _Segment:
+    """SLM tokens not yet committed to the LLM context, and the commands found in them."""
+
+    ids: list[int] = field(default_factory=list)
+    scanner: CommandScanner = field(default_factory=CommandScanner)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+class RelayMachine:
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        tokenizer: TokenizerView,
+        settings: RelaySettings,
+        *,
+        cloud_available: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.tok = tokenizer
+        self.prompt_ids = list(prompt_ids)
+        self.answer_ids: list[int] = []
+        self.answer_sources: list[str] = []
+        self.llm_context: list[int] = list(prompt_ids)
+        self.relays = 0
+        self.cloud_reason = "" if cloud_available else "cloud unavailable"
+        self._segment = _Segment()
+        self._pending_feed: list[int] = []
+        self._relay_received = 0
+        self._llm_eos = False
+        self._rng = np.random.default_rng(settings.seed)
+        self._tail = b""  # last bytes of the SLM's text, for the command mask
+        self.finished: Finish | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    def start(self) -> Step:
+        if self.settings.policy == "cloud-only" and self.cloud_usable:
+            self._pending_feed = list(self.prompt_ids)
+            return self._call([], self.settings.max_new_tokens, "cloud-only")
+        return [], Decode(list(self.prompt_ids))
+
+    def on_logits(self, logits: np.ndarray) -> Step:
+        if self.remaining <= 0:
+            return self._finish([], "max_tokens")
+        trigger = self._policy_trigger(logits)
+        if trigger is not None:
+            return self._call([], self.settings.fixed_n, trigger)
+        if not self._commands_allowed:
+            logits = self.tok.mask.apply(logits, self._tail)
+        token = sample(logits, self._rng, self.settings.temperature, self.settings.top_p)
+        if token in self.tok.eos_ids:
+            return self._finish([], "eos")
+        return self._on_slm_token(token)
+
+    def on_llm_tokens(self, ids: Sequence[int]) -> list[RelayEvent]:
+        events: list[RelayEvent] = []
+        for tid in ids:
+            if self._llm_eos or self.remaining <= 0:
+                break
+            self._relay_received += 1
+            self.llm_context.append(tid)
+            if tid in self.tok.eos_ids:
+                self._llm_eos = True
+                break
+            self._append_answer(tid, "llm")
+            self._pending_feed.append(tid)
+            events.append(TokenEvent(tid, "llm"))
+        return events
+
+    def on_cloud_done(self, finish: str, round_trip_ms: float = 0.0) -> Step:
+        events: list[RelayEvent] = [RelayFinished(self.relays, self._relay_received, finish, round_trip_ms)]
+        if finish == "eos" or self._llm_eos:
+            return self._finish(events, "llm_eos")
+        if self.remaining <= 0:
+            return self._finish(events, "max_tokens")
+        return events, Decode(self._take_feed())
+
+    def on_cloud_failed(self, reason: str, round_trip_ms: float = 0.0) -> Step:
+        """The relay failed (tokens already received stay). The SLM continues alone."""
+        self.disable_cloud(reason)
+        events: list[RelayEvent] = [
+            RelayFinished(self.relays, self._relay_received, "error", round_trip_ms),
+            Notice("cloud_unavailable", reason),
+        ]
+        if self.remaining <= 0:
+            return self._finish(events, "max_tokens")
+        feed = self._take_feed()
+        if not feed:  # cloud-only failed before any token: the SLM starts from the prompt
+            feed = list(self.prompt_ids)
+        return events, Decode(feed)
+
+    def disable_cloud(self, reason: str) -> None:
+        self.cloud_reason = reason
+
+    def cancel(self) -> Step:
+        return self._finish([], "cancelled")
+
+    # -- state queries ------------------------------------------------------------------------
+
+    @property
+    def cloud_usable(self) -> bool:
+        return not self.cloud_reason
+
+    @property
+    def remaining(self) -> int:
+        return self.settings.max_new_tokens - len(self.answer_ids)
+
+    @property
+    def _commands_allowed(self) -> bool:
+        return (
+            self.settings.policy == "learned"
+            and self.cloud_usable
+            and self.relays < self.settings.max_relays
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _policy_trigger(self, logits: np.ndarray) -> str | None:
+        s = self.settings
+        if not self.cloud_usable or self.relays >= s.max_relays:
+            return None
+        if s.policy == "entropy" and top1_probability(logits) < s.entropy_tau:
+            return "entropy"
+        if s.policy == "random" and self._rng.random() < s.random_rate:
+            return "random"
+        return None
+
+    def _on_slm_token(self, token: int) -> Step:
+        self._append_answer(token, "slm")
+        self._pending_feed.append(token)
+        seg = self._segment
+        seg.ids.append(token)
+        found = seg.scanner.push(self.tok.token_bytes[token])
+        in_command = isinstance(found, Command) or seg.scanner.open_command_pending()
+        events: list[RelayEvent] = [TokenEvent(token, "slm", in_command=in_command)]
+        if isinstance(found, Malformed):
+            events.append(Notice("command_malformed", found.text))
+        elif isinstance(found, Command):
+            seg.spans.append((found.start, found.end))
+            return self._on_command(events, found)
+        if self.remaining <= 0:
+            return self._finish(events, "max_tokens")
+        return events, Decode(self._take_feed())
+
+    def _on_command(self, events: list[RelayEvent], command: Command) -> Step:
+        if command.n == 0:
+            events.append(Notice("command_n0", "N = 0: no call"))
+        elif not self._commands_allowed:
+            events.append(Notice("relay_limit", f"relay limit {self.settings.max_relays} reached"))
+        else:
+            if command.n > self.settings.max_n:
+                events.append(Notice("command_clamped", f"N = {command.n} clamped to {self.settings.max_n}"))
+            return self._call(events, command.n, "command")
+        if self.remaining <= 0:
+            return self._finish(events, "max_tokens")
+        return events, Decode(self._take_feed())
+
+    def _call(self, events: list[RelayEvent], n_requested: int, trigger: str) -> Step:
+        self._commit_segment()
+        self.relays += 1
+        self._relay_received = 0
+        self._llm_eos = False
+        granted = max(0, min(n_requested, self.settings.max_n, self.remaining))
+        if trigger == "cloud-only":
+            granted = self.remaining
+        events.append(RelayStarted(self.relays, n_requested, granted, trigger))  # type: ignore[arg-type]
+        return events, CallCloud(list(self.llm_context), granted)
+
+    def _commit_segment(self) -> None:
+        seg = self._segment
+        self.llm_context += cut_commands(seg.ids, self.tok.token_bytes, seg.spans, self.tok.encode)
+        self._segment = _Segment()
+
+    def _append_answer(self, token: int, source: str) -> None:
+        self.answer_ids.append(token)
+        self.answer_sources.append(source)
+        self._tail = (self._tail + self.tok.token_bytes[token])[-8:]
+
+    def _take_feed(self) -> list[int]:
+        feed, self._pending_feed = self._pending_feed, []
+        return feed
+
+    def _finish(self, events: list[RelayEvent], reason: str, detail: str = "") -> Step:
+        self.finished = Finish(reason, detail)
+        events.append(AnswerFinished(reason, detail))  # type: ignore[arg-type]
+        return events, self.finished

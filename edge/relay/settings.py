@@ -1,0 +1,41 @@
+"""Per-answer relay settings: which controller decides when to call the cloud, and the limits.
+
+These can change between answers (the chat app exposes them at run time), so they live apart from
+the process config. Validated with pydantic so bad values from YAML, flags or the UI fail clearly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Policy = Literal["learned", "entropy", "random", "never", "cloud-only"]
+POLICIES: tuple[Policy, ...] = ("learned", "entropy", "random", "never", "cloud-only")
+
+
+class RelaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy = "learned"
+    """learned: the SLM's own `<call>N</call>` commands (RelayLLM). entropy: call with `fixed_n` when
+    the SLM's top-1 probability is below `entropy_tau`. random: call with `fixed_n` at each token
+    with probability `random_rate`. never: SLM alone (commands masked out). cloud-only: LLM alone."""
+    max_relays: int = Field(4, ge=0)
+    """Relays allowed per answer (the paper's eval allows 5 turns, i.e. 4 calls)."""
+    max_new_tokens: int = Field(1024, ge=1)
+    """Answer tokens (SLM + LLM together) before the answer is cut."""
+    max_n: int = Field(512, ge=1)
+    """Cap on N per relay; larger requests are clamped."""
+    entropy_tau: float = Field(0.35, gt=0, lt=1)
+    """entropy policy: call when the SLM's top-1 probability falls below this."""
+    fixed_n: int = Field(16, ge=1)
+    """N used by the entropy and random policies."""
+    random_rate: float = Field(0.01, ge=0, le=1)
+    """random policy: per-token probability of calling."""
+    budget_usd: float | None = Field(None, ge=0)
+    """Stop relaying in an answer once its cloud cost would pass this (None: no budget)."""
+    temperature: float = Field(0.0, ge=0)
+    """0 means greedy decoding (both SLM and LLM)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0

@@ -1,0 +1,43 @@
+"""Pure next-token sampling over numpy logits, with an explicit seeded Generator.
+
+temperature 0 is greedy (argmax, the seed is ignored). Otherwise: temperature, optional top-k and
+top-p (nucleus), then one draw from `rng`. Also returns the top-1 probability, which the entropy
+controller uses to decide when to call the cloud.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def top1_probability(logits: np.ndarray) -> float:
+    return float(softmax(logits).max())
+
+
+def sample(
+    logits: np.ndarray,
+    rng: np.random.Generator,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+) -> int:
+    if temperature <= 0.0:
+        return int(np.argmax(logits))
+    probs = softmax(logits / temperature)
+    if top_k and top_k < probs.size:
+        cutoff = np.partition(probs, -top_k)[-top_k]
+        probs = np.where(probs >= cutoff, probs, 0.0)
+    if top_p < 1.0:
+        order = np.argsort(-probs)
+        keep = np.cumsum(probs[order]) - probs[order] < top_p
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0.0)
+    probs = probs / probs.sum()
+    return int(rng.choice(probs.size, p=probs))

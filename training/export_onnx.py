@@ -1,0 +1,154 @@
+"""Export the SLM to ONNX with a KV cache (optimum, `text-generation-with-past`), fp32 and int8.
+
+int8 is onnxruntime dynamic quantization with **per-channel** weight scales: per-tensor int8
+answered wrongly on the real 0.5B model (MODELS.md), per-channel keeps the answers.
+
+Every export is verified before it is published to the cache: the fp32 graph must produce the
+same greedy tokens as torch on a fixed prompt (int8 is checked to run and reported, since int8
+legitimately drifts after some tokens). Exports are built in a temporary directory and renamed
+into place with a `.complete` marker, so an interrupted export is never taken as valid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Quant = Literal["fp32", "int8"]
+MARKER = ".complete"
+PARITY_PROMPT = "Tom has 3 boxes with 4 apples in each box. He eats 2 apples. How many are left?"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+
+
+def onnx_dir(cache_dir: Path, model_name: str, quant: Quant) -> Path:
+    return Path(cache_dir) / "onnx" / model_name / quant
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MARKER).is_file() and (path / "model.onnx").is_file()
+
+
+def ensure_onnx(
+    slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, verify_tokens: int = 24
+) -> Path:
+    """Return the cached ONNX export of `slm_hf_dir`, exporting (and verifying) it if needed."""
+    slm_hf_dir = Path(slm_hf_dir)
+    target = onnx_dir(cache_dir, slm_hf_dir.name, quant)
+    if is_complete(target):
+        return target
+    if quant == "int8":
+        source = ensure_onnx(slm_hf_dir, cache_dir, "fp32", verify_tokens=verify_tokens)
+        build = lambda tmp: quantize_int8(source, tmp)  # noqa: E731
+    else:
+        build = lambda tmp: export_fp32(slm_hf_dir, tmp, verify_tokens=verify_tokens)  # noqa: E731
+    return _publish(target, build, {"source": str(slm_hf_dir), "quant": quant})
+
+
+def _publish(target: Path, build, marker: dict) -> Path:
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        info = build(tmp) or {}
+        (tmp / MARKER).write_text(json.dumps({**marker, **info, "created": time.time()}, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in (*TOKENIZER_FILES, "config.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def export_fp32(hf_dir: Path, out: Path, *, verify_tokens: int = 24) -> dict:
+    """optimum export of `hf_dir` into `out`, then a greedy-parity check against torch."""
+    from optimum.exporters.onnx import main_export
+
+    if not (hf_dir / "config.json").is_file():
+        raise UserError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
+    started = time.perf_counter()
+    main_export(
+        str(hf_dir),
+        output=str(out),
+        task="text-generation-with-past",
+        device="cpu",
+        do_validation=False,
+        no_post_process=True,
+    )
+    _copy_tokenizer(hf_dir, out)
+    export_s = time.perf_counter() - started
+    if verify_tokens:
+        torch_ids, onnx_ids = greedy_parity(hf_dir, out, verify_tokens)
+        if torch_ids != onnx_ids:
+            raise UserError(f"ONNX export differs from torch: {torch_ids} vs {onnx_ids}")
+    return {"export_s": round(export_s, 1), "parity_tokens": verify_tokens}
+
+
+def quantize_int8(fp32_dir: Path, out: Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    started = time.perf_counter()
+    quantize_dynamic(
+        str(fp32_dir / "model.onnx"),
+        str(out / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        use_external_data_format=True,
+    )
+    _copy_tokenizer(fp32_dir, out)
+    return {"quantize_s": round(time.perf_counter() - started, 1), "per_channel": True}
+
+
+def greedy_parity(hf_dir: Path, onnx_path: Path, n_tokens: int) -> tuple[list[int], list[int]]:
+    """Greedy ids from torch and from onnxruntime for the same chat prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edge.runtime import OnnxSlm
+    from edge.vocab import Vocab
+
+    vocab = Vocab.load(onnx_path)
+    prompt = vocab.encode_chat([{"role": "user", "content": PARITY_PROMPT}])
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=n_tokens,
+            do_sample=False,
+            eos_token_id=list(vocab.eos_ids),
+            pad_token_id=vocab.eos_ids[0],
+        )
+    torch_ids = out[0, len(prompt) :].tolist()
+    slm = OnnxSlm.load(onnx_path, provider="cpu")
+    onnx_ids: list[int] = []
+    logits = slm.forward(prompt)
+    for _ in range(len(torch_ids)):
+        nxt = int(logits.argmax())
+        onnx_ids.append(nxt)
+        if nxt in vocab.eos_ids:
+            break
+        logits = slm.forward([nxt])
+    return torch_ids, onnx_ids
