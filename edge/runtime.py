@@ -110,9 +110,7 @@ class OnnxSlm:
         self.reset()
 
     @classmethod
-    def load(
-        cls, model_dir: str | Path, *, provider: str = "auto", threads: int | None = None
-    ) -> OnnxSlm:
+    def load(cls, model_dir: str | Path, *, provider: str = "auto", threads: int | None = None) -> OnnxSlm:
         model_dir = Path(model_dir)
         graph = model_dir / "model.onnx"
         if not graph.is_file():

@@ -46,9 +46,7 @@ def is_complete(path: Path) -> bool:
     return (path / MARKER).is_file() and (path / "model.onnx").is_file()
 
 
-def ensure_onnx(
-    slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, verify_tokens: int = 24
-) -> Path:
+def ensure_onnx(slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, verify_tokens: int = 24) -> Path:
     """Return the cached ONNX export of `slm_hf_dir`, exporting (and verifying) it if needed."""
     slm_hf_dir = Path(slm_hf_dir)
     target = onnx_dir(cache_dir, slm_hf_dir.name, quant)

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.sampling import sample, top1_probability
 from edge.events import AnswerFinished, Notice, RelayEvent, RelayFinished, RelayStarted, TokenEvent
 from edge.relay.commands import Command, CommandMask, CommandScanner, Malformed, cut_commands
 from edge.relay.settings import RelaySettings
-from edge.sampling import sample, top1_probability
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,10 @@ class RelayMachine:
     def cancel(self) -> Step:
         return self._finish([], "cancelled")
 
+    def stop(self, reason: str, detail: str = "") -> Step:
+        """End the answer for a reason found outside the machine (e.g. the SLM's context is full)."""
+        return self._finish([], reason, detail)
+
     # -- state queries ------------------------------------------------------------------------
 
     @property
@@ -182,9 +186,7 @@ class RelayMachine:
     @property
     def _commands_allowed(self) -> bool:
         return (
-            self.settings.policy == "learned"
-            and self.cloud_usable
-            and self.relays < self.settings.max_relays
+            self.settings.policy == "learned" and self.cloud_usable and self.relays < self.settings.max_relays
         )
 
     # -- internals ----------------------------------------------------------------------------

@@ -41,3 +41,9 @@ def sample(
         probs = np.where(mask, probs, 0.0)
     probs = probs / probs.sum()
     return int(rng.choice(probs.size, p=probs))
+
+
+def log_probability(logits: np.ndarray, token: int) -> float:
+    """log p(token) under softmax(logits) (temperature 1), reported with relayed tokens."""
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    return float(shifted[token] - np.log(np.exp(shifted).sum()))

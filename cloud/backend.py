@@ -1,0 +1,148 @@
+"""The LLM behind the relay service, through a deliberately narrow interface.
+
+A backend only appends tokens to a KV cache and returns next-token logits. Sessions, sampling,
+limits, streaming and gRPC live elsewhere, so a scale-out engine (vLLM, SGLang) can sit behind the
+same proto by implementing these three methods (or by replacing `cloud.relay_engine`).
+This module never imports grpc.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    model_id: str
+    vocab_size: int
+    eos_ids: tuple[int, ...]
+    max_context: int
+    device: str
+    dtype: str
+    tokenizer_sha256: str
+    chat_template_sha256: str
+
+
+class LlmBackend(ABC):
+    info: BackendInfo
+
+    @abstractmethod
+    def new_cache(self) -> Any:
+        """An empty KV cache for one session."""
+
+    @abstractmethod
+    def forward(self, cache: Any, ids: list[int]) -> np.ndarray:
+        """Append `ids` to `cache`; return float32 logits [vocab] for the next position."""
+
+    @abstractmethod
+    def cache_nbytes(self, cache: Any) -> int:
+        """Memory the cache holds, for the server's KV budget."""
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from common.errors import UserError
+
+        raise UserError("device cuda requested but torch sees no CUDA GPU")
+    return device
+
+
+def _pick_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device == "cuda":
+        return torch.bfloat16
+    # bf16 matmuls are fast only where the CPU has native bf16 (AVX512-BF16 / AMX).
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+class TransformersBackend(LlmBackend):
+    """Any causal LM transformers can load, on CUDA or CPU, with a DynamicCache per session."""
+
+    def __init__(self, model: Any, info: BackendInfo) -> None:
+        self.model = model
+        self.info = info
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+        max_context: int | None = None,
+    ) -> TransformersBackend:
+        import torch
+        from models.identity import chat_template_sha256, tokenizer_sha256
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        dev = _pick_device(device)
+        torch_dtype = _pick_dtype(dtype, dev)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(dev).eval()
+        config = model.config
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        eos = model.generation_config.eos_token_id
+        eos_ids = [*(eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+        if tokenizer.eos_token_id is not None:
+            eos_ids.append(tokenizer.eos_token_id)
+        info = BackendInfo(
+            model_id=Path(model_dir).name,
+            vocab_size=int(config.vocab_size),
+            eos_ids=tuple(dict.fromkeys(eos_ids)),
+            max_context=int(max_context or getattr(config, "max_position_embeddings", 4096)),
+            device=f"{dev}:0" if dev == "cuda" else dev,
+            dtype=str(torch_dtype).removeprefix("torch."),
+            tokenizer_sha256=tokenizer_sha256(model_dir),
+            chat_template_sha256=chat_template_sha256(model_dir),
+        )
+        log.info("LLM %s on %s (%s)", info.model_id, info.device, info.dtype)
+        return cls(model, info)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def forward(self, cache: Any, ids: list[int]) -> np.ndarray:
+        import torch
+
+        past = cache.get_seq_length()
+        device = self.model.device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        positions = torch.arange(past, past + len(ids), device=device)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=positions,
+                position_ids=positions[None],
+                logits_to_keep=1,
+            )
+        return out.logits[0, -1].float().cpu().numpy()
+
+    def cache_nbytes(self, cache: Any) -> int:
+        total = 0
+        for layer in getattr(cache, "layers", []):
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if tensor is not None and hasattr(tensor, "numel"):
+                    total += tensor.numel() * tensor.element_size()
+        return total

@@ -1,0 +1,49 @@
+"""`relay cloud serve`: the LLM relay service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cloud = sub.add_parser("cloud", help="the cloud LLM relay service")
+    cloud_sub = cloud.add_subparsers(dest="cloud_command", required=True, metavar="ACTION")
+    serve = cloud_sub.add_parser("serve", help="start the gRPC relay server")
+    serve.add_argument("--config", type=Path, help="YAML config (see configs/cloud.yaml)")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    serve.add_argument("--host", help="interface to bind")
+    serve.add_argument("--port", type=int, help="port (0: pick a free one)")
+    serve.add_argument("--llm", help="model name, hub id or directory")
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from cloud.backend import TransformersBackend
+    from cloud.config import load_cloud_config
+    from cloud.server import serve
+
+    overrides = list(args.set)
+    for key in ("host", "port", "llm"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    config = load_cloud_config(args.config, overrides)
+    model_dir = resolve_llm_dir(config.llm, config.cache_dir)
+    backend = TransformersBackend.load(
+        model_dir,
+        device=config.device,
+        dtype=config.dtype,
+        threads=config.threads,
+        max_context=config.max_context,
+    )
+    asyncio.run(serve(backend, config))
+    return 0
+
+
+def resolve_llm_dir(llm: str, cache_dir: Path | None) -> Path:
+    if Path(llm).is_dir():
+        return Path(llm)
+    from models.supply import ensure_model
+
+    return ensure_model(llm, cache_dir=cache_dir)

@@ -1,0 +1,66 @@
+"""The cloud process's one typed config: YAML < env (RELAY_CLOUD__...) < `--set key=value` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from common.config import load_config
+
+
+class TlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path
+    """PEM certificate chain of the server."""
+    key_file: Path
+    """PEM private key of the server."""
+
+
+class CloudConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 in a container."""
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (printed on the ready line)."""
+    llm: str = "qwen2.5-coder-1.5b-instruct"
+    """LLM: a model name from models/registry.yaml, a Hugging Face hub id, or a local directory."""
+    cache_dir: Path | None = None
+    """Model cache root (default: the user cache dir, or RELAY_CACHE_DIR)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on CUDA and on CPUs with native bf16, else float32."""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads on CPU (default: all cores)."""
+    max_new_tokens_cap: int = Field(1024, ge=1)
+    """Largest N a single relay may ask for; larger requests get INVALID_ARGUMENT."""
+    max_context: int | None = Field(None, ge=16)
+    """Context limit in tokens (default: the model's max_position_embeddings)."""
+    max_sessions: int = Field(64, ge=1)
+    """Sessions kept at once; the least recently used one is evicted beyond this."""
+    max_kv_bytes: int = Field(4 * 2**30, ge=1)
+    """KV-cache memory across sessions; LRU sessions are evicted beyond this."""
+    idle_ttl_s: float = Field(600.0, gt=0)
+    """A session unused for this long is dropped."""
+    auth_token: SecretStr | None = None
+    """Bearer token clients must send; also read from RELAY_CLOUD_TOKEN. None: no auth."""
+    tls: TlsConfig | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Prometheus /metrics HTTP port (None: off)."""
+    grace_s: float = Field(5.0, ge=0)
+    """Seconds running relays get to finish on shutdown."""
+
+    @model_validator(mode="after")
+    def _token_from_env(self) -> CloudConfig:
+        import os
+
+        if self.auth_token is None and os.environ.get("RELAY_CLOUD_TOKEN"):
+            self.auth_token = SecretStr(os.environ["RELAY_CLOUD_TOKEN"])
+        return self
+
+
+def load_cloud_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CloudConfig:
+    return load_config(CloudConfig, path, env_prefix="RELAY_CLOUD__", overrides=overrides or [])

@@ -1,0 +1,104 @@
+"""Starting and stopping the gRPC relay server: service, health, reflection, metrics, TTL sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud.backend import LlmBackend
+from cloud.config import CloudConfig
+from cloud.metrics import Metrics
+from cloud.servicer import RelayServicer
+from common.errors import UserError
+from common.wire import pb, pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RelayService"].full_name
+READY_PREFIX = "RELAY-CLOUD-READY"
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    servicer: RelayServicer
+    health: health.aio.HealthServicer
+    port: int
+    sweeper: asyncio.Task
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.sweeper.cancel()
+        await self.server.stop(grace)
+        self.servicer.shutdown()
+
+
+def _credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
+    if config.tls is None:
+        return None
+    try:
+        key = config.tls.key_file.read_bytes()
+        cert = config.tls.cert_file.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read TLS files: {exc}") from None
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+async def _sweep(servicer: RelayServicer, period_s: float) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        dropped = servicer.store.expire_idle()
+        if dropped:
+            log.info("dropped %d idle session(s)", dropped)
+            servicer._update_gauges()
+
+
+async def start_server(
+    backend: LlmBackend, config: CloudConfig, metrics: Metrics | None = None
+) -> RunningServer:
+    metrics = metrics or Metrics()
+    servicer = RelayServicer(backend, config, metrics)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_RelayServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    credentials = _credentials(config)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise UserError(f"cannot bind {address}: {exc}") from None
+    if port == 0:
+        raise UserError(f"cannot bind {address} (in use?)")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if config.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+    sweeper = asyncio.create_task(_sweep(servicer, max(1.0, config.idle_ttl_s / 4)))
+    return RunningServer(server, servicer, health_servicer, port, sweeper)
+
+
+async def serve(backend: LlmBackend, config: CloudConfig) -> None:
+    """Run until SIGINT/SIGTERM; print one ready line with the bound port for supervisors."""
+    running = await start_server(backend, config)
+    print(f"{READY_PREFIX} {config.host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop(config.grace_s)

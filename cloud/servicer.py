@@ -1,0 +1,219 @@
+"""gRPC servicer of `relaywire.v1.RelayService`: pb in, backend calls in a worker thread, pb out.
+
+Model steps run one at a time in a dedicated thread (torch parallelises inside each step), one
+token per executor call, so concurrent sessions interleave and the event loop never blocks.
+A cancelled or timed-out call stops at the next token; its session is dropped because a model
+step may still be finishing in the worker thread, and the client re-sends its context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from cloud.backend import LlmBackend
+from cloud.config import CloudConfig
+from cloud.metrics import Metrics
+from cloud.sessions import CapacityError, Session, SessionError, SessionStore
+from common.sampling import log_probability, sample
+from common.wire import pb, pb_grpc
+
+log = logging.getLogger(__name__)
+PROTOCOL_VERSION = "relaywire.v1"
+
+
+class RelayServicer(pb_grpc.RelayServiceServicer):
+    def __init__(self, backend: LlmBackend, config: CloudConfig, metrics: Metrics) -> None:
+        self.backend = backend
+        self.config = config
+        self.metrics = metrics
+        self.info = backend.info
+        self.max_context = min(config.max_context or self.info.max_context, self.info.max_context)
+        self.store = SessionStore(
+            backend.new_cache,
+            max_sessions=config.max_sessions,
+            max_kv_bytes=config.max_kv_bytes,
+            idle_ttl_s=config.idle_ttl_s,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self._token = config.auth_token.get_secret_value() if config.auth_token else None
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    async def GetModelInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._authorize(context)
+        i = self.info
+        return pb.ModelInfo(
+            model_id=i.model_id,
+            vocab_size=i.vocab_size,
+            tokenizer_sha256=i.tokenizer_sha256,
+            chat_template_sha256=i.chat_template_sha256,
+            max_context=self.max_context,
+            eos_token_ids=list(i.eos_ids),
+            max_new_tokens_cap=self.config.max_new_tokens_cap,
+            device=i.device,
+            dtype=i.dtype,
+            protocol_version=PROTOCOL_VERSION,
+        )
+
+    async def OpenSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._authorize(context)
+        if request.tokenizer_sha256 and request.tokenizer_sha256 != self.info.tokenizer_sha256:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"tokenizer mismatch: server {self.info.tokenizer_sha256[:12]}, "
+                f"client {request.tokenizer_sha256[:12]}",
+            )
+        try:
+            session = self.store.open()
+        except CapacityError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        self._update_gauges()
+        return pb.OpenSessionResponse(session_id=session.session_id, idle_ttl_s=int(self.config.idle_ttl_s))
+
+    async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._authorize(context)
+        existed = self.store.close(request.session_id)
+        self._update_gauges()
+        return pb.CloseSessionResponse(existed=existed)
+
+    async def Relay(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await self._authorize(context)
+        await self._validate(request, context)
+        session = await self._session_for(request, context)
+        code = "OK"
+        try:
+            async with session.lock:
+                if request.session_id and request.context_len != len(session.ids):
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"context out of step: server holds {len(session.ids)} tokens, "
+                        f"client assumed {request.context_len}",
+                    )
+                if len(session.ids) + len(request.delta_ids) >= self.max_context:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"context of {len(session.ids) + len(request.delta_ids)} tokens exceeds "
+                        f"max context {self.max_context}",
+                    )
+                async for chunk in self._generate(session, request):
+                    yield chunk
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            self.store.close(session.session_id)
+            raise
+        except grpc.aio.AbortError:
+            code = "ABORTED_BY_SERVER"
+            raise
+        except Exception as exc:  # a model failure must not take the server down
+            code = "INTERNAL"
+            log.exception("relay failed")
+            self.store.close(session.session_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"LLM step failed: {type(exc).__name__}")
+        finally:
+            self.metrics.requests.labels(code=code).inc()
+            self._update_gauges()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if self._token is None:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        sent = str(metadata.get("authorization", ""))
+        if not hmac.compare_digest(sent.encode(), f"Bearer {self._token}".encode()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    async def _validate(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        problem = ""
+        cap = self.config.max_new_tokens_cap
+        if not 1 <= request.max_new_tokens <= cap:
+            problem = f"max_new_tokens must be in 1..{cap}, got {request.max_new_tokens}"
+        elif any(i >= self.info.vocab_size for i in request.delta_ids):
+            problem = f"token id outside the vocabulary (size {self.info.vocab_size})"
+        elif any(i >= self.info.vocab_size for i in request.stop_ids):
+            problem = "stop id outside the vocabulary"
+        elif not request.session_id and request.context_len:
+            problem = "a stateless call (no session_id) must have context_len 0"
+        elif not request.session_id and not request.delta_ids:
+            problem = "a stateless call needs the whole context in delta_ids"
+        elif request.sampling.temperature < 0 or not 0 <= request.sampling.top_p <= 1:
+            problem = "temperature must be >= 0 and top_p in [0, 1]"
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    async def _session_for(self, request: Any, context: grpc.aio.ServicerContext) -> Session:
+        if not request.session_id:
+            return Session("", self.backend.new_cache())
+        try:
+            return self.store.get(request.session_id)
+        except SessionError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise  # unreachable: abort raises
+
+    async def _step(self, session: Session, ids: list[int]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        logits = await loop.run_in_executor(self._executor, self.backend.forward, session.cache, ids)
+        session.kv_len += len(ids)
+        return logits
+
+    async def _generate(self, session: Session, request: Any) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        sampling = request.sampling
+        rng = np.random.default_rng(sampling.seed if sampling.HasField("seed") else None)
+        stops = set(self.info.eos_ids) | set(request.stop_ids)
+        cached = session.kv_len
+        session.ids.extend(request.delta_ids)
+        feed = session.ids[session.kv_len :]
+        logits = await self._step(session, feed)
+        prefill_ms = (time.perf_counter() - started) * 1e3
+        budget = min(request.max_new_tokens, self.max_context - len(session.ids))
+        finish, produced = pb.FINISH_REASON_LENGTH, 0
+        while produced < budget:
+            token = sample(logits, rng, sampling.temperature, sampling.top_p or 1.0, sampling.top_k)
+            session.ids.append(token)
+            produced += 1
+            logprobs = [log_probability(logits, token)] if request.return_logprobs else []
+            yield pb.RelayChunk(tokens=pb.TokenBatch(ids=[token], logprobs=logprobs))
+            if token in stops:
+                finish = pb.FINISH_REASON_EOS
+                break
+            if produced < budget:
+                logits = await self._step(session, [token])
+        total_ms = (time.perf_counter() - started) * 1e3
+        self._record(session, len(feed), cached, produced, total_ms)
+        yield pb.RelayChunk(
+            done=pb.RelayDone(
+                finish_reason=finish,
+                usage=pb.Usage(prompt_tokens=len(feed), cached_tokens=cached, completion_tokens=produced),
+                timings=pb.ServerTimings(
+                    prefill_ms=prefill_ms, decode_ms=total_ms - prefill_ms, total_ms=total_ms
+                ),
+                context_len=len(session.ids),
+            )
+        )
+
+    def _record(self, session: Session, prefilled: int, cached: int, produced: int, total_ms: float) -> None:
+        m = self.metrics
+        m.prefill_tokens.inc(prefilled)
+        m.cached_tokens.inc(cached)
+        m.generated_tokens.inc(produced)
+        m.latency.observe(total_ms / 1e3)
+        if session.session_id:
+            self.store.update_usage(session, self.backend.cache_nbytes(session.cache))
+
+    def _update_gauges(self) -> None:
+        self.metrics.sessions.set(len(self.store))
+        self.metrics.kv_bytes.set(self.store.kv_bytes)
+        self.metrics.evictions.set(self.store.evictions)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

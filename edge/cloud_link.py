@@ -1,0 +1,218 @@
+"""The edge's gRPC client for the cloud LLM: sessions, delta upload, transparent full re-send.
+
+The link remembers exactly which token ids its session holds on the server. A relay sends only
+the ids the server has not seen (`delta_ids`) when the new context extends them; otherwise, or
+when the server answers FAILED_PRECONDITION (session expired, evicted, server restarted, context
+out of step), it opens a fresh session and re-sends the whole context, once, transparently.
+
+Bytes are counted as the serialized protobuf messages plus gRPC's 5-byte length prefix per
+message (HTTP/2 frame headers and call metadata are not included).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from common.wire import pb, pb_grpc
+
+log = logging.getLogger(__name__)
+GRPC_FRAME_BYTES = 5
+_FINISH = {pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_EOS: "eos", pb.FINISH_REASON_ABORT: "abort"}
+
+
+class CloudError(Exception):
+    """The cloud could not serve a relay; the message is one line for the user/record."""
+
+
+@dataclass
+class RelayOutcome:
+    finish: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    server_ms: float = 0.0
+    round_trip_ms: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    resent_full_context: bool = False
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class CloudLink:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls_ca_file: str | None = None,
+        timeout_s: float = 120.0,
+        stateless: bool = False,
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.stateless = stateless
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        if tls_ca_file:
+            with open(tls_ca_file, "rb") as fh:
+                creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+            self._channel = grpc.secure_channel(address, creds)
+        else:
+            self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.RelayServiceStub(self._channel)
+        self.info: object | None = None
+        self.last = RelayOutcome()
+        self._tokenizer_sha256 = ""
+        self._session_id = ""
+        self._session_ids: list[int] = []
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def connect(self, tokenizer_sha256: str, timeout_s: float = 10.0) -> object:
+        """Fetch model info and check the tokenizer; CloudError on any failure or mismatch."""
+        try:
+            info = self._stub.GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata, wait_for_ready=True
+            )
+        except grpc.RpcError as exc:
+            raise CloudError(_describe(exc, self.address)) from None
+        if tokenizer_sha256 and info.tokenizer_sha256 != tokenizer_sha256:
+            raise CloudError(
+                f"cloud model {info.model_id} uses a different tokenizer "
+                f"({info.tokenizer_sha256[:12]} vs local {tokenizer_sha256[:12]}): refusing to relay"
+            )
+        self.info = info
+        self._tokenizer_sha256 = tokenizer_sha256
+        return info
+
+    def close(self) -> None:
+        if self._session_id:
+            try:
+                self._stub.CloseSession(
+                    pb.CloseSessionRequest(session_id=self._session_id), timeout=2, metadata=self._metadata
+                )
+            except grpc.RpcError:
+                pass
+        self._session_id, self._session_ids = "", []
+        self._channel.close()
+
+    # -- relays ---------------------------------------------------------------------------------
+
+    def relay(self, context: list[int], n: int, sampling: Sampling) -> Iterator[list[int]]:
+        """Stream the LLM's tokens after `context`; the outcome is in `self.last`."""
+        self.last = RelayOutcome()
+        started = time.perf_counter()
+        try:
+            yield from self._relay_once(context, n, sampling, allow_resend=not self.stateless)
+        finally:
+            self.last.round_trip_ms = (time.perf_counter() - started) * 1e3
+
+    def _relay_once(
+        self, context: list[int], n: int, sampling: Sampling, allow_resend: bool
+    ) -> Iterator[list[int]]:
+        request = self._request(context, n, sampling)
+        self.last.bytes_up += request.ByteSize() + GRPC_FRAME_BYTES
+        call = self._stub.Relay(request, timeout=self.timeout_s, metadata=self._metadata)
+        received = False
+        try:
+            for chunk in call:
+                self.last.bytes_down += chunk.ByteSize() + GRPC_FRAME_BYTES
+                if chunk.HasField("tokens"):
+                    ids = self._check_ids(list(chunk.tokens.ids))
+                    received = True
+                    self.last.tokens += ids
+                    yield ids
+                elif chunk.HasField("done"):
+                    self._finish(chunk.done, context)
+                    return
+        except grpc.RpcError as exc:
+            self._forget_session()
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and allow_resend and not received:
+                log.info("cloud session lost (%s); re-sending the whole context", exc.details())
+                self.last.resent_full_context = True
+                yield from self._relay_once(context, n, sampling, allow_resend=False)
+                return
+            raise CloudError(_describe(exc, self.address)) from None
+        except (GeneratorExit, CloudError):
+            call.cancel()
+            self._forget_session()
+            raise
+        self._forget_session()
+        raise CloudError("cloud stream ended without a final message")
+
+    def _request(self, context: list[int], n: int, sampling: Sampling) -> object:
+        params = pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.seed is not None:
+            params.seed = sampling.seed
+        if self.stateless:
+            return pb.RelayRequest(delta_ids=context, max_new_tokens=n, sampling=params)
+        held = self._session_ids
+        if not self._session_id or context[: len(held)] != held:
+            self._open_session()
+            held = []
+        return pb.RelayRequest(
+            session_id=self._session_id,
+            context_len=len(held),
+            delta_ids=context[len(held) :],
+            max_new_tokens=n,
+            sampling=params,
+        )
+
+    def _open_session(self) -> None:
+        if self._session_id:
+            self._forget_session()
+        try:
+            response = self._stub.OpenSession(
+                pb.OpenSessionRequest(tokenizer_sha256=self._tokenizer_sha256),
+                timeout=self.timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise CloudError(_describe(exc, self.address)) from None
+        self._session_id, self._session_ids = response.session_id, []
+
+    def _finish(self, done: object, context: list[int]) -> None:
+        out = self.last
+        out.finish = _FINISH.get(done.finish_reason, "abort")
+        out.prompt_tokens = done.usage.prompt_tokens
+        out.cached_tokens = done.usage.cached_tokens
+        out.completion_tokens = done.usage.completion_tokens
+        out.server_ms = done.timings.total_ms
+        if not self.stateless:
+            self._session_ids = list(context) + out.tokens
+            if done.context_len != len(self._session_ids):
+                log.warning(
+                    "cloud context %d != local %d; resetting", done.context_len, len(self._session_ids)
+                )
+                self._forget_session()
+
+    def _check_ids(self, ids: list[int]) -> list[int]:
+        vocab = getattr(self.info, "vocab_size", 0)
+        if vocab and any(i >= vocab for i in ids):
+            raise CloudError(f"cloud sent a token id outside the vocabulary ({max(ids)} >= {vocab})")
+        return ids
+
+    def _forget_session(self) -> None:
+        self._session_id, self._session_ids = "", []
+
+
+def _describe(exc: grpc.RpcError, address: str) -> str:
+    code = exc.code()
+    name = code.name if code is not None else "UNKNOWN"
+    details = (exc.details() or "").splitlines()[0] if exc.details() else ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cloud at {address} unreachable ({details or name})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"cloud at {address} timed out"
+    return f"cloud error {name}: {details}"

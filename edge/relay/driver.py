@@ -1,0 +1,206 @@
+"""Runs the relay state machine against a real SLM and a real cloud link, and keeps the books.
+
+`RelayEngine.answer()` returns an `AnswerStream`: a blocking iterator of events (run it in a
+thread from async code) that also builds the answer's text, its provenance spans and its cost
+record. The chat app, the `relay ask` command and the evaluator all use it; GRPO rollouts use the
+same `RelayMachine` with a torch SLM behind the same `SlmBackend` protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from common.errors import UserError
+from edge.cloud_link import CloudError, CloudLink, Sampling
+from edge.cost import CostRecord, PriceTable, RelayCost
+from edge.detok import IncrementalDetokenizer
+from edge.events import AnswerFinished, RelayEvent, RelayStarted, TokenEvent
+from edge.relay.commands import CommandMask
+from edge.relay.machine import CallCloud, Decode, Finish, RelayMachine, Step, TokenizerView
+from edge.relay.settings import RelaySettings
+from edge.vocab import Vocab
+
+
+class SlmBackend(Protocol):
+    max_context: int
+
+    def reset(self) -> None: ...
+
+    def forward(self, ids: list[int]) -> np.ndarray: ...
+
+
+class RelayEngine:
+    def __init__(
+        self,
+        slm: SlmBackend,
+        vocab: Vocab,
+        link: CloudLink | None,
+        prices: PriceTable | None = None,
+        *,
+        cloud_state: str = "connected",
+    ) -> None:
+        self.slm = slm
+        self.vocab = vocab
+        self.link = link
+        self.prices = prices or PriceTable()
+        self.cloud_state = cloud_state if link is not None else "offline"
+        self.cloud_address = link.address if link is not None else None
+        self.view = TokenizerView(
+            token_bytes=vocab.token_bytes,
+            eos_ids=frozenset(vocab.eos_ids),
+            encode=vocab.encode,
+            mask=CommandMask(vocab.token_bytes),
+        )
+        self._lock = threading.Lock()  # one answer at a time per SLM session
+
+    @property
+    def max_context(self) -> int:
+        return self.slm.max_context
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        return len(self.vocab.encode_chat(messages))
+
+    def answer(
+        self, messages: list[dict], settings: RelaySettings, cancel: threading.Event | None = None
+    ) -> AnswerStream:
+        prompt = self.vocab.encode_chat(messages)
+        if len(prompt) + 1 >= self.slm.max_context:
+            raise UserError(
+                f"prompt of {len(prompt)} tokens does not fit the context ({self.slm.max_context})"
+            )
+        return AnswerStream(self, prompt, settings, cancel or threading.Event())
+
+
+class AnswerStream:
+    def __init__(
+        self, engine: RelayEngine, prompt: list[int], settings: RelaySettings, cancel: threading.Event
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.cancel = cancel
+        self.machine = RelayMachine(
+            prompt,
+            engine.view,
+            settings,
+            cloud_available=engine.link is not None and engine.cloud_state != "offline",
+        )
+        self.record = CostRecord(prompt_tokens=len(prompt))
+        self.spans: list[tuple[str, str]] = []
+        self._detok = IncrementalDetokenizer(engine.vocab.token_bytes, engine.vocab.special_ids)
+        self._prefilled = False
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, text in self.spans)
+
+    def __iter__(self) -> Iterator[RelayEvent]:
+        started = time.perf_counter()
+        with self.engine._lock:
+            self.engine.slm.reset()
+            events, action = self.machine.start()
+            try:
+                while True:
+                    yield from self._emit(events)
+                    if isinstance(action, Finish):
+                        break
+                    if self.cancel.is_set():
+                        events, action = self.machine.cancel()
+                    elif isinstance(action, Decode):
+                        events, action = self._decode(action)
+                    else:
+                        events, action = yield from self._call_cloud(action)
+            finally:
+                self._close(started)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _decode(self, action: Decode) -> Step:
+        t0 = time.perf_counter()
+        try:
+            logits = self.engine.slm.forward(action.feed)
+        except UserError as exc:  # context full mid-answer
+            return self.machine.stop("context_full", str(exc))
+        elapsed = (time.perf_counter() - t0) * 1e3
+        if not self._prefilled or len(action.feed) > 1:
+            self.record.slm_prefill_ms += elapsed
+            self._prefilled = True
+        else:
+            self.record.slm_decode_ms += elapsed
+        return self.machine.on_logits(logits)
+
+    def _call_cloud(self, action: CallCloud) -> Iterator[RelayEvent]:
+        link = self.engine.link
+        assert link is not None
+        relay = self.record.relays[-1]
+        s = self.settings
+        sampling = Sampling(s.temperature, s.top_p, s.seed + len(self.record.relays))
+        try:
+            for ids in link.relay(action.context, action.n, sampling):
+                yield from self._emit(self.machine.on_llm_tokens(ids))
+                if self.cancel.is_set():
+                    break
+        except CloudError as exc:
+            self._book_relay(relay, link, error=str(exc))
+            self.engine.cloud_state = "offline"
+            self.record.fallbacks.append(str(exc))
+            return self.machine.on_cloud_failed(str(exc), link.last.round_trip_ms)
+        self._book_relay(relay, link)
+        self._check_budget()
+        return self.machine.on_cloud_done(link.last.finish or "abort", link.last.round_trip_ms)
+
+    def _book_relay(self, relay: RelayCost, link: CloudLink, error: str = "") -> None:
+        out = link.last
+        relay.tokens_received = len(out.tokens)
+        relay.finish = "error" if error else out.finish
+        relay.round_trip_ms = out.round_trip_ms
+        relay.bytes_up, relay.bytes_down = out.bytes_up, out.bytes_down
+        relay.cloud_prompt_tokens, relay.cloud_cached_tokens = out.prompt_tokens, out.cached_tokens
+        relay.cloud_decode_tokens, relay.cloud_server_ms = out.completion_tokens, out.server_ms
+        relay.resent_full_context, relay.error = out.resent_full_context, error
+
+    def _check_budget(self) -> None:
+        budget = self.settings.budget_usd
+        if budget is None:
+            return
+        self.record.price(self.engine.prices)
+        if self.record.money >= budget:
+            self.machine.disable_cloud(f"budget ${budget:g} reached")
+            self.record.fallbacks.append("budget reached")
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _emit(self, events: list[RelayEvent]) -> Iterator[RelayEvent]:
+        for event in events:
+            if isinstance(event, TokenEvent):
+                event = dataclasses.replace(event, text=self._detok.push(event.token_id))
+                self._add_span(event.source, event.text)
+                if event.source == "slm":
+                    self.record.slm_tokens += 1
+                else:
+                    self.record.llm_tokens += 1
+            elif isinstance(event, RelayStarted):
+                self.record.relays.append(RelayCost(event.n_requested, event.n_granted))
+            elif isinstance(event, AnswerFinished):
+                self._add_span(self._last_source(), self._detok.flush())
+            yield event
+
+    def _add_span(self, source: str, text: str) -> None:
+        if not text:
+            return
+        if self.spans and self.spans[-1][0] == source:
+            self.spans[-1] = (source, self.spans[-1][1] + text)
+        else:
+            self.spans.append((source, text))
+
+    def _last_source(self) -> str:
+        return self.spans[-1][0] if self.spans else "slm"
+
+    def _close(self, started: float) -> None:
+        self.record.wall_ms = (time.perf_counter() - started) * 1e3
+        self.record.price(self.engine.prices)

@@ -1,0 +1,147 @@
+"""The run's results: `summary.json`, a markdown table (`summary.md`) and a Pareto plot (`pareto.png`).
+
+Everything is recomputed from `run.json` + `rows.jsonl`, so `relay eval report RUN_DIR` works on an
+interrupted run and after adding policies. The query-level random router is not run: it is computed
+from the SLM-alone (`never`) and LLM-alone (`cloud-only`) runs (`evaluation.baselines`), shown as a
+line on the plot and as a computed row at the learned policy's share in the table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from evaluation import baselines
+from evaluation.harness import load_run
+
+SLM, LLM = "never", "cloud-only"
+ROUTER_ROW = "random-query (computed)"
+
+
+def build_summary(run_dir: Path) -> dict:
+    """Per-policy summaries plus the router baseline and each policy's comparison with it."""
+    manifest, policies = load_run(run_dir)
+    out: dict = {
+        "benchmark": manifest["benchmark"],
+        "slice": manifest["slice"],
+        "problems": len(manifest["problem_ids"]),
+        "policies": policies,
+        "router": None,
+        "comparisons": {},
+    }
+    slm, llm = policies.get(SLM), policies.get(LLM)
+    if slm and llm and slm["graded"] and llm["graded"]:
+        share = policies["learned"]["llm_share"] if "learned" in policies else None
+        out["router"] = {
+            "curve": baselines.router_curve(slm, llm),
+            "at_learned_share": None if share is None else baselines.router_at_share(share, slm, llm),
+        }
+        out["comparisons"] = {label: baselines.compare(s, slm, llm) for label, s in policies.items()}
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _signed_pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f}"
+
+
+COLUMNS = (
+    "policy | n | errors | accuracy % | LLM share % | relays/ans | KB up/ans | KB down/ans | latency s/ans"
+    " | edge s/ans | cloud s/ans | $ per 1k ans | LLM-only $ per 1k | gap recovered % | vs router pp"
+)
+
+
+def _policy_row(label: str, s: Mapping, cmp: Mapping) -> str:
+    cells = [
+        f"`{label}`",
+        f"{s['n']}",
+        f"{s['errors']}",
+        _pct(s["accuracy"]),
+        f"{100 * s['llm_share']:.2f}",
+        f"{s['relays_per_answer']:.2f}",
+        f"{s['bytes_up_per_answer'] / 1e3:.2f}",
+        f"{s['bytes_down_per_answer'] / 1e3:.2f}",
+        f"{s['latency_s_mean']:.1f}",
+        f"{s['edge_s_per_answer']:.1f}",
+        f"{s['cloud_s_per_answer']:.1f}",
+        f"{1000 * s['money_per_answer']:.4f}",
+        f"{1000 * s['money_llm_only_per_answer']:.4f}",
+        _pct(cmp.get("gap_recovered")),
+        _signed_pct(cmp.get("advantage_over_router")),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def summary_markdown(summary: Mapping) -> str:
+    """The results table (one row per policy, plus the computed router row)."""
+    lines = [
+        f"{summary['benchmark']} · slice `{summary['slice']}` · {summary['problems']} problems",
+        "",
+        "| " + COLUMNS + " |",
+        "|" + "---|" * len(COLUMNS.split(" | ")),
+    ]
+    for label, s in summary["policies"].items():
+        lines.append(_policy_row(label, s, summary["comparisons"].get(label, {})))
+    router = summary["router"] and summary["router"]["at_learned_share"]
+    if router:
+        empty = "–"
+        lines.append(
+            f"| {ROUTER_ROW} | – | – | {_pct(router['accuracy'])} | {100 * router['llm_share']:.2f} | "
+            + " | ".join([empty] * 6)
+            + f" | {1000 * router['money_per_answer']:.4f} | – | – | – |"
+        )
+    lines += [
+        "",
+        "accuracy over graded rows; errors counted apart. LLM share = LLM-written answer tokens / all "
+        "answer tokens. gap recovered = (acc − acc_SLM)/(acc_LLM − acc_SLM). vs router = accuracy minus "
+        "the query-level random router's at the same LLM share (percentage points).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(summary: Mapping, path: Path) -> Path:
+    """Accuracy against LLM-token share and against money; each policy a point, the router a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_share, ax_money) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    router = summary["router"]
+    if router:
+        curve = router["curve"]
+        acc = [100 * c["accuracy"] for c in curve]
+        ax_share.plot([100 * c["llm_share"] for c in curve], acc, "--", color="grey", label="random router (query)")
+        ax_money.plot([1000 * c["money_per_answer"] for c in curve], acc, "--", color="grey")
+    for label, s in summary["policies"].items():
+        if not s["graded"]:
+            continue
+        y = 100 * s["accuracy"]
+        for ax, x in ((ax_share, 100 * s["llm_share"]), (ax_money, 1000 * s["money_per_answer"])):
+            ax.scatter([x], [y], zorder=3)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax_share.set(xlabel="LLM-token share (%)", ylabel="accuracy (%)")
+    ax_money.set(xlabel="money (USD per 1000 answers)", ylabel="accuracy (%)")
+    title = f"{summary['benchmark']} ({summary['slice']}, {summary['problems']} problems)"
+    fig.suptitle(title)
+    if router:
+        ax_share.legend(loc="lower right", fontsize=8)
+    for ax in (ax_share, ax_money):
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path) -> dict:
+    """Write summary.json, summary.md and pareto.png into the run directory; return the summary."""
+    summary = build_summary(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (run_dir / "summary.md").write_text(summary_markdown(summary))
+    pareto_plot(summary, run_dir / "pareto.png")
+    return summary

@@ -1,0 +1,183 @@
+"""The relay state machine on scripted token streams: commands, splicing, policies, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.events import AnswerFinished, Notice, RelayFinished, RelayStarted, TokenEvent
+from edge.relay.settings import RelaySettings
+from tests.fakes import EOS, ScriptedSlm, encode, ids_of, run_machine, text_of
+
+PROMPT = encode("Q?")
+
+
+def test_command_split_across_tokens_and_starting_mid_token() -> None:
+    # "x.<call" carries two bytes of text before the command; ">" "1" "2" "</call>" finish it.
+    slm = ScriptedSlm(ids_of("Hi ", b"x.<call", ">12", b"</call>", "ok"))
+    run = run_machine(slm, [(encode("ABC"), "length")])
+    assert [c.n for c in run.calls] == [12]
+    # The LLM sees the SLM's text with the command deleted; "x." is re-encoded from the boundary token.
+    assert text_of(run.calls[0].context) == "Q?Hi x."
+    assert run.answer == "Hi x.<call>12</call>ABCok"
+    # The LLM's tokens enter the SLM's cache as one chunk, together with the unfed "</call>".
+    assert ids_of(b"</call>", "ABC") == slm.fed[len(slm.fed) - 6 : len(slm.fed) - 2]
+    assert run.finish is not None and run.finish.reason == "eos"
+
+
+def test_command_tokens_are_flagged_and_llm_tokens_sourced() -> None:
+    run = run_machine(ScriptedSlm(ids_of("a", b"<call>", "3", b"</call>")), [(encode("xyz"), "length")])
+    tokens = run.kinds(TokenEvent)
+    flagged = [text_of([t.token_id]) for t in tokens if t.in_command]
+    assert flagged == ["<call>", "3", "</call>"]
+    assert [t.source for t in tokens].count("llm") == 3
+
+
+def test_whitespace_in_command_and_bytes_after_close_in_same_token() -> None:
+    slm = ScriptedSlm(ids_of("a", b"<call>", " 1", b"2</call>\n", "b"))
+    run = run_machine(slm, [(encode("L"), "length")])
+    assert [c.n for c in run.calls] == [12]
+    assert text_of(run.calls[0].context) == "Q?a\n"  # the newline after </call> is kept for the LLM
+
+
+def test_llm_context_is_append_only_across_relays() -> None:
+    script = ids_of("one ", b"<call>", "2", b"</call>", " two ", b"<ca", b"ll>1", b"6</", "call>", " end")
+    run = run_machine(ScriptedSlm(script), [(encode("AA"), "length"), (encode("BB"), "length")])
+    first, second = run.calls
+    assert second.context[: len(first.context) + 2] == first.context + encode("AA")
+    assert text_of(second.context) == "Q?one AA two "
+    assert [c.n for c in run.calls] == [2, 16]
+
+
+def test_n_zero_is_no_call_and_is_cut_from_llm_context() -> None:
+    script = ids_of("a", b"<call>", "0", b"</call>", "b", b"<call>", "5", b"</call>", "c")
+    run = run_machine(ScriptedSlm(script), [(encode("X"), "length")])
+    assert [c.n for c in run.calls] == [5]
+    assert any(isinstance(e, Notice) and e.kind == "command_n0" for e in run.events)
+    assert text_of(run.calls[0].context) == "Q?ab"
+
+
+@pytest.mark.parametrize(
+    ("text", "notice"),
+    [
+        ("<call>x</call>", "command_malformed"),  # not a number
+        ("<call>-3</call>", "command_malformed"),  # negative is not a number either
+        ("</call>", "command_malformed"),  # close without open
+    ],
+)
+def test_malformed_commands_do_not_call(text: str, notice: str) -> None:
+    run = run_machine(ScriptedSlm(encode(f"a{text}b")))
+    assert run.calls == []
+    assert [e.kind for e in run.kinds(Notice)] == [notice]
+    assert run.answer == f"a{text}b"
+
+
+def test_unterminated_command_is_plain_text() -> None:
+    run = run_machine(ScriptedSlm(encode("a<call>12 and more")))
+    assert run.calls == [] and run.answer == "a<call>12 and more"
+
+
+def test_nested_command_uses_the_innermost() -> None:
+    run = run_machine(ScriptedSlm(encode("a<call><call>3</call>b")), [(encode("Z"), "length")])
+    assert [c.n for c in run.calls] == [3]
+
+
+def test_huge_n_is_clamped() -> None:
+    settings = RelaySettings(max_n=32)
+    run = run_machine(ScriptedSlm(encode("a<call>99999999999999999999</call>b")), [([1] * 32, "length")], settings)
+    assert run.kinds(RelayStarted)[0].n_granted == 32
+    assert run.calls[0].n == 32
+    assert "command_clamped" in [e.kind for e in run.kinds(Notice)]
+
+
+def test_teacher_eos_ends_the_answer() -> None:
+    slm = ScriptedSlm(encode("a<call>9</call>never reached"))
+    run = run_machine(slm, [(encode("done") + [EOS], "eos")])
+    assert run.finish is not None and run.finish.reason == "llm_eos"
+    assert run.answer == "a<call>9</call>done"
+    assert run.kinds(RelayFinished)[0].tokens_received == 5  # EOS included: it was generated
+
+
+def test_relay_limit_masks_further_commands() -> None:
+    script = encode("a<call>1</call>b<call>2</call>c")
+    run = run_machine(ScriptedSlm(script), [(encode("X"), "length")], RelaySettings(max_relays=1))
+    assert len(run.calls) == 1
+    assert run.answer.count("<call>") == 1  # the second command could not be written
+
+
+def test_max_new_tokens_counts_both_models() -> None:
+    settings = RelaySettings(max_new_tokens=20, max_n=100)
+    script = encode("ab<call>50</call>" + "c" * 50)  # the command is 17 tokens: 3 left for the LLM
+    run = run_machine(ScriptedSlm(script), [([65] * 3, "length")], settings)
+    assert run.calls[0].n == 3
+    assert len(run.machine.answer_ids) == 20
+    assert run.finish is not None and run.finish.reason == "max_tokens"
+
+
+def test_slm_alone_stops_at_max_new_tokens() -> None:
+    run = run_machine(ScriptedSlm(encode("c" * 50)), settings=RelaySettings(max_new_tokens=7))
+    assert run.answer == "c" * 7 and run.finish is not None and run.finish.reason == "max_tokens"
+
+
+def test_budget_limits_granted_n() -> None:
+    settings = RelaySettings(max_new_tokens=20, max_n=100)
+    run = run_machine(ScriptedSlm(encode("a<call>50</call>b")), [([66] * 5, "length")], settings)
+    granted = run.kinds(RelayStarted)[0].n_granted
+    assert granted == 20 - len("a<call>50</call>")
+
+
+def test_never_policy_is_slm_alone_with_commands_masked() -> None:
+    run = run_machine(ScriptedSlm(encode("a<call>5</call>b")), settings=RelaySettings(policy="never"))
+    assert run.calls == []
+    assert "<call" not in run.answer
+
+
+def test_cloud_only_hands_the_whole_answer_to_the_llm() -> None:
+    settings = RelaySettings(policy="cloud-only", max_new_tokens=64)
+    slm = ScriptedSlm(encode("unused"))
+    run = run_machine(slm, [(encode("all llm") + [EOS], "eos")], settings)
+    assert run.calls[0].context == PROMPT and run.calls[0].n == 64
+    assert run.answer == "all llm" and slm.fed == []
+    assert set(run.machine.answer_sources) == {"llm"}
+
+
+def test_cloud_failure_falls_back_to_slm_with_commands_masked() -> None:
+    script = encode("a<call>3</call>b<call>4</call>c")
+    run = run_machine(ScriptedSlm(script), [], cloud_fails_at=1)
+    assert len(run.calls) == 1
+    assert "cloud_unavailable" in [e.kind for e in run.kinds(Notice)]
+    assert run.answer.count("<call>") == 1
+    assert run.finish is not None and run.finish.reason == "eos"
+
+
+def test_cloud_only_failure_restarts_from_prompt_on_slm() -> None:
+    slm = ScriptedSlm(encode("ok"))
+    run = run_machine(slm, [], RelaySettings(policy="cloud-only"), cloud_fails_at=1)
+    assert slm.fed[: len(PROMPT)] == PROMPT and run.answer == "ok"
+
+
+def test_entropy_policy_calls_on_low_confidence_and_discards_that_sample() -> None:
+    slm = ScriptedSlm(encode("abcdef"), uncertain=frozenset({2}))
+    settings = RelaySettings(policy="entropy", entropy_tau=0.5, fixed_n=3)
+    run = run_machine(slm, [(encode("XYZ"), "length")], settings)
+    assert [c.n for c in run.calls] == [3]
+    assert text_of(run.calls[0].context) == "Q?ab"
+    assert run.answer == "abXYZcdef"
+    assert run.kinds(RelayStarted)[0].trigger == "entropy"
+
+
+def test_random_policy_is_seeded() -> None:
+    settings = RelaySettings(policy="random", random_rate=0.3, fixed_n=1, seed=7)
+    replies = [(encode("R"), "length")] * 50
+    first = run_machine(ScriptedSlm(encode("abcdefghij")), replies, settings)
+    second = run_machine(ScriptedSlm(encode("abcdefghij")), replies, settings)
+    assert first.answer == second.answer and 0 < len(first.calls) <= settings.max_relays
+
+
+def test_cancel_finishes_with_reason() -> None:
+    from edge.relay.machine import RelayMachine
+    from tests.fakes import view
+
+    machine = RelayMachine(PROMPT, view(), RelaySettings())
+    machine.start()
+    events, action = machine.cancel()
+    assert isinstance(events[-1], AnswerFinished) and events[-1].reason == "cancelled"
