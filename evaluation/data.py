@@ -177,7 +177,9 @@ def fetch_wheel(dest: Path, progress: bool = True) -> Path:
 
     wheel = Path(pypi_fetch(WHEEL_NAME, WHEEL_VERSION, dest, filename_sha256=WHEEL_SHA256, progress=progress))
     if file_sha256(wheel) != WHEEL_SHA256:
-        raise UserError(f"{wheel} does not have the expected sha256 {WHEEL_SHA256[:12]}…; delete it and retry")
+        raise UserError(
+            f"{wheel} does not have the expected sha256 {WHEEL_SHA256[:12]}…; delete it and retry"
+        )
     return wheel
 
 

@@ -84,7 +84,9 @@ def parse_policy_list(text: str) -> list[str]:
         raise UserError(f"a policy is listed twice in {text!r}")
     if "random-token" in labels:
         if "learned" not in labels:
-            raise UserError("random-token matches the learned policy's share: list learned too (or use random@RATE)")
+            raise UserError(
+                "random-token matches the learned policy's share: list learned too (or use random@RATE)"
+            )
         labels.remove("random-token")
         labels.insert(labels.index("learned") + 1, "random-token")
     for label in labels:
@@ -102,7 +104,9 @@ def policy_settings(label: str, base: RelaySettings, *, learned_share: float | N
             tau = float(arg) if arg else base.entropy_tau
             return RelaySettings.model_validate(base.model_dump() | {"policy": "entropy", "entropy_tau": tau})
         if name == "random" and arg:
-            return RelaySettings.model_validate(base.model_dump() | {"policy": "random", "random_rate": float(arg)})
+            return RelaySettings.model_validate(
+                base.model_dump() | {"policy": "random", "random_rate": float(arg)}
+            )
         if name == "random-token" and not arg:
             if learned_share is None:
                 raise UserError("random-token needs the learned policy's measured share first")
@@ -142,8 +146,13 @@ def is_finished(row: Mapping | None) -> bool:
 
 
 def append_row(path: Path, row: dict) -> None:
+    """Append one row and flush; a torn last line left by a kill is first closed with a newline."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes()[-1:] == b"\n"
+    torn = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            fh.seek(-1, 2)
+            torn = fh.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(("\n" if torn else "") + json.dumps(row, ensure_ascii=False) + "\n")
         fh.flush()
@@ -189,11 +198,18 @@ def run_policy(
 
     existing = read_rows(rows_path)
     keys = [(p.benchmark, p.id, spec.key) for p in problems]
-    todo = [p for p, k in zip(problems, keys) if not is_finished(existing.get(k))]
+    todo = [p for p, k in zip(problems, keys, strict=True) if not is_finished(existing.get(k))]
     done = [existing[k] for k in keys if is_finished(existing.get(k))]
     correct, seen = sum(1 for r in done if r["correct"]), len(done)
-    with tqdm(total=len(problems), initial=len(done), desc=spec.label, unit="q", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:  # fmt: skip
+    bar = tqdm(
+        total=len(problems),
+        initial=len(done),
+        desc=spec.label,
+        unit="q",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    with bar:
         for problem in todo:
             row = answer_one(answerer, problem, spec, grader)
             append_row(rows_path, row)

@@ -55,9 +55,7 @@ def check_pair(slm_dir: Path, llm_dir: Path) -> None:
     if chat_template(Path(slm_dir)) != chat_template(Path(llm_dir)):
         problems.append("chat template differs")
     if problems:
-        raise UserError(
-            f"SLM {slm_dir} and LLM {llm_dir} cannot relay token ids: {'; '.join(problems)}"
-        )
+        raise UserError(f"SLM {slm_dir} and LLM {llm_dir} cannot relay token ids: {'; '.join(problems)}")
 
 
 def _tokenizer_identity(model_dir: Path) -> dict[str, Any]:
@@ -69,8 +67,10 @@ def _tokenizer_identity(model_dir: Path) -> dict[str, Any]:
     if "merges" in model:
         model["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
     added = sorted(
-        ({"id": t["id"], "content": t["content"], "special": t.get("special", False)}
-         for t in data.get("added_tokens") or []),
+        (
+            {"id": t["id"], "content": t["content"], "special": t.get("special", False)}
+            for t in data.get("added_tokens") or []
+        ),
         key=lambda t: t["id"],
     )
     return {"model": model, "added_tokens": added}

@@ -49,9 +49,7 @@ class PypiChunksSource(_Spec):
 
     def part_list(self) -> list[tuple[str, str]]:
         """(project name, chunk path inside its wheel) for parts 1..parts, in join order."""
-        return [
-            (self.package.format(index=i), self.chunk.format(index=i)) for i in range(1, self.parts + 1)
-        ]
+        return [(self.package.format(index=i), self.chunk.format(index=i)) for i in range(1, self.parts + 1)]
 
 
 class HubSource(_Spec):

