@@ -89,8 +89,9 @@ class TransformersBackend(LlmBackend):
         max_context: int | None = None,
     ) -> TransformersBackend:
         import torch
-        from models.identity import chat_template_sha256, tokenizer_sha256
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from models.identity import chat_template_sha256, tokenizer_sha256
 
         if threads:
             torch.set_num_threads(threads)

@@ -59,9 +59,7 @@ async def _sweep(servicer: RelayServicer, period_s: float) -> None:
             servicer._update_gauges()
 
 
-async def start_server(
-    backend: LlmBackend, config: CloudConfig, metrics: Metrics | None = None
-) -> RunningServer:
+async def start_server(backend: LlmBackend, config: CloudConfig, metrics: Metrics | None = None) -> RunningServer:
     metrics = metrics or Metrics()
     servicer = RelayServicer(backend, config, metrics)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -102,3 +100,41 @@ async def serve(backend: LlmBackend, config: CloudConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await running.stop(config.grace_s)
+
+
+class BackgroundServer:
+    """The relay server on its own event loop in a daemon thread, for blocking callers (tests,
+    benchmarks): `with BackgroundServer(backend, config) as server: CloudLink(server.address)`."""
+
+    def __init__(self, backend: LlmBackend, config: CloudConfig) -> None:
+        import threading
+
+        self.backend = backend
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="relay-server")
+        self.running: RunningServer | None = None
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        self.running = self.call(start_server(self.backend, self.config))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        assert self.running is not None
+        return f"{self.config.host}:{self.running.port}"
+
+    def call(self, coro, timeout: float = 60.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 0.0) -> None:
+        if self.running is not None:
+            self.call(self.running.stop(grace))
+            self.running = None
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)

@@ -69,8 +69,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         if request.tokenizer_sha256 and request.tokenizer_sha256 != self.info.tokenizer_sha256:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"tokenizer mismatch: server {self.info.tokenizer_sha256[:12]}, "
-                f"client {request.tokenizer_sha256[:12]}",
+                f"tokenizer mismatch: server {self.info.tokenizer_sha256[:12]}, client {request.tokenizer_sha256[:12]}",
             )
         try:
             session = self.store.open()
@@ -194,9 +193,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             done=pb.RelayDone(
                 finish_reason=finish,
                 usage=pb.Usage(prompt_tokens=len(feed), cached_tokens=cached, completion_tokens=produced),
-                timings=pb.ServerTimings(
-                    prefill_ms=prefill_ms, decode_ms=total_ms - prefill_ms, total_ms=total_ms
-                ),
+                timings=pb.ServerTimings(prefill_ms=prefill_ms, decode_ms=total_ms - prefill_ms, total_ms=total_ms),
                 context_len=len(session.ids),
             )
         )

@@ -94,9 +94,7 @@ class SessionStore:
     def expire_idle(self) -> int:
         now = self._clock()
         stale = [
-            sid
-            for sid, s in self._sessions.items()
-            if now - s.last_used > self.idle_ttl_s and not s.lock.locked()
+            sid for sid, s in self._sessions.items() if now - s.last_used > self.idle_ttl_s and not s.lock.locked()
         ]
         for sid in stale:
             del self._sessions[sid]

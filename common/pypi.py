@@ -146,7 +146,11 @@ def _get_json(url: str, *, what: str) -> dict:
 
 
 def _download(wheel: WheelFile, part: Path, *, progress: bool) -> None:
-    """Fill `part` with the wheel's bytes (resuming what is there) and verify them."""
+    """Fill `part` with the wheel's bytes and verify them.
+
+    Bytes already in `part` are resumed; if the result then fails the hash check, the download is
+    restarted once from zero (the old bytes may have come from another file or a broken server).
+    """
     have = part.stat().st_size if part.is_file() else 0
     if wheel.size is not None and have > wheel.size:
         part.unlink()
@@ -155,15 +159,15 @@ def _download(wheel: WheelFile, part: Path, *, progress: bool) -> None:
         _stream(wheel, part, have, progress=progress)
     size = part.stat().st_size
     if wheel.size is not None and size != wheel.size:
-        raise UserError(
-            f"{wheel.filename}: download incomplete ({size} of {wheel.size} bytes); run again to resume"
-        )
+        raise UserError(f"{wheel.filename}: download interrupted ({size} of {wheel.size} bytes); run again to resume")
     got = sha256_file(part)
-    if got != wheel.sha256:
-        part.unlink()
-        raise UserError(
-            f"{wheel.filename}: sha256 mismatch (got {got}, index says {wheel.sha256}); deleted the download"
-        )
+    if got == wheel.sha256:
+        return
+    part.unlink()
+    if have:
+        _download(wheel, part, progress=progress)
+        return
+    raise UserError(f"{wheel.filename}: sha256 mismatch (got {got}, index says {wheel.sha256}); deleted the download")
 
 
 def _stream(wheel: WheelFile, part: Path, have: int, *, progress: bool) -> None:

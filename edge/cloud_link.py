@@ -74,6 +74,7 @@ class CloudLink:
         self.info: object | None = None
         self.last = RelayOutcome()
         self._tokenizer_sha256 = ""
+        self._consumer_s = 0.0
         self._session_id = ""
         self._session_ids: list[int] = []
 
@@ -97,6 +98,11 @@ class CloudLink:
         return info
 
     def close(self) -> None:
+        self._close_session()
+        self._channel.close()
+
+    def _close_session(self) -> None:
+        """Free the server's session (best effort: the server's TTL drops it anyway)."""
         if self._session_id:
             try:
                 self._stub.CloseSession(
@@ -104,8 +110,7 @@ class CloudLink:
                 )
             except grpc.RpcError:
                 pass
-        self._session_id, self._session_ids = "", []
-        self._channel.close()
+        self._forget_session()
 
     # -- relays ---------------------------------------------------------------------------------
 
@@ -113,10 +118,11 @@ class CloudLink:
         """Stream the LLM's tokens after `context`; the outcome is in `self.last`."""
         self.last = RelayOutcome()
         started = time.perf_counter()
+        self._consumer_s = 0.0  # time the caller spent between our yields: not part of the relay
         try:
             yield from self._relay_once(context, n, sampling, allow_resend=not self.stateless)
         finally:
-            self.last.round_trip_ms = (time.perf_counter() - started) * 1e3
+            self.last.round_trip_ms = (time.perf_counter() - started - self._consumer_s) * 1e3
 
     def _relay_once(
         self, context: list[int], n: int, sampling: Sampling, allow_resend: bool
@@ -132,7 +138,9 @@ class CloudLink:
                     ids = self._check_ids(list(chunk.tokens.ids))
                     received = True
                     self.last.tokens += ids
+                    paused = time.perf_counter()
                     yield ids
+                    self._consumer_s += time.perf_counter() - paused
                 elif chunk.HasField("done"):
                     self._finish(chunk.done, context)
                     return
@@ -171,7 +179,7 @@ class CloudLink:
 
     def _open_session(self) -> None:
         if self._session_id:
-            self._forget_session()
+            self._close_session()
         try:
             response = self._stub.OpenSession(
                 pb.OpenSessionRequest(tokenizer_sha256=self._tokenizer_sha256),

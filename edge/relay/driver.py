@@ -51,6 +51,8 @@ class RelayEngine:
         self.prices = prices or PriceTable()
         self.cloud_state = cloud_state if link is not None else "offline"
         self.cloud_address = link.address if link is not None else None
+        self.cloud_note = ""
+        """Why the cloud is offline, when it is."""
         self.view = TokenizerView(
             token_bytes=vocab.token_bytes,
             eos_ids=frozenset(vocab.eos_ids),
@@ -71,16 +73,12 @@ class RelayEngine:
     ) -> AnswerStream:
         prompt = self.vocab.encode_chat(messages)
         if len(prompt) + 1 >= self.slm.max_context:
-            raise UserError(
-                f"prompt of {len(prompt)} tokens does not fit the context ({self.slm.max_context})"
-            )
+            raise UserError(f"prompt of {len(prompt)} tokens does not fit the context ({self.slm.max_context})")
         return AnswerStream(self, prompt, settings, cancel or threading.Event())
 
 
 class AnswerStream:
-    def __init__(
-        self, engine: RelayEngine, prompt: list[int], settings: RelaySettings, cancel: threading.Event
-    ):
+    def __init__(self, engine: RelayEngine, prompt: list[int], settings: RelaySettings, cancel: threading.Event):
         self.engine = engine
         self.settings = settings
         self.cancel = cancel

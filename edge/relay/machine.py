@@ -185,9 +185,7 @@ class RelayMachine:
 
     @property
     def _commands_allowed(self) -> bool:
-        return (
-            self.settings.policy == "learned" and self.cloud_usable and self.relays < self.settings.max_relays
-        )
+        return self.settings.policy == "learned" and self.cloud_usable and self.relays < self.settings.max_relays
 
     # -- internals ----------------------------------------------------------------------------
 

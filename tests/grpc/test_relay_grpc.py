@@ -164,7 +164,9 @@ def test_concurrent_sessions_do_not_block_each_other(server, tiny_onnx, vocab) -
 
     def one() -> None:
         slm = OnnxSlm.load(tiny_onnx, provider="cpu", threads=1)
-        stream, _ = run(engine_for(slm, vocab, server.address, tiny_onnx), RelaySettings(policy="cloud-only", max_new_tokens=12))
+        stream, _ = run(
+            engine_for(slm, vocab, server.address, tiny_onnx), RelaySettings(policy="cloud-only", max_new_tokens=12)
+        )
         results.append(stream.machine.answer_ids)
 
     threads = [threading.Thread(target=one) for _ in range(3)]

@@ -6,6 +6,7 @@ import doctest
 import gzip
 import io
 import json
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -391,3 +392,35 @@ def test_suite_report_and_plot(tmp_path: Path) -> None:
         run_suite(
             answerer, _problems(1), labels, RelaySettings(), tmp_path, benchmark="math500", slice_name="dev"
         )
+
+
+def test_cli_run_end_to_end_with_a_fake_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `relay eval run` only needs `open_engine` and `load_edge_config`; stand-ins for both here.
+    import contextlib
+    import types
+
+    from relaycli.main import main
+
+    class Stream(list):
+        pass
+
+    def answer(messages: list[dict], settings: RelaySettings) -> Stream:
+        text, record = ScriptedAnswerer(slm_right={"1"}).answer(messages, settings)
+        stream = Stream()
+        stream.text, stream.record = text, record
+        return stream
+
+    engine = types.SimpleNamespace(answer=answer)
+    app = types.SimpleNamespace(open_engine=lambda config: contextlib.nullcontext(engine))
+    config = types.SimpleNamespace(load_edge_config=lambda path, overrides: {"overrides": overrides})
+    monkeypatch.setitem(sys.modules, "edge.app", app)
+    monkeypatch.setitem(sys.modules, "edge.config", config)
+    _write_benchmark(tmp_path, "gsm8k", 40)
+    out = tmp_path / "run"
+    argv = ["eval", "run", "--slice", "all", "--limit", "3", "--out", str(out), "--cache", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "random-query (computed)" in capsys.readouterr().out
+    assert (out / "pareto.png").is_file() and len(read_rows(out / ROWS_FILE)) == 3 * 6
+    assert main(["eval", "report", str(out)]) == 0

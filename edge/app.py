@@ -1,0 +1,153 @@
+"""Assembling a ready RelayEngine from an EdgeConfig: models, SLM session, cloud link.
+
+`open_engine(config)` is what every edge command uses. With `cloud.address: embedded` it starts
+`relay cloud serve` as a child process on a free loopback port (with a one-time random bearer
+token) and stops it on exit. A cloud that cannot be reached leaves the engine offline (SLM only)
+with the reason in `engine.cloud_note`, rather than failing the whole app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from edge.cloud_link import CloudError, CloudLink
+from edge.config import EdgeConfig
+from edge.relay.driver import RelayEngine
+from edge.runtime import OnnxSlm
+from edge.vocab import Vocab
+
+log = logging.getLogger(__name__)
+READY_PREFIX = "RELAY-CLOUD-READY"  # printed by cloud.server.serve
+
+
+@dataclass(frozen=True)
+class ModelDirs:
+    slm_onnx: Path
+    llm: Path | None
+
+
+def resolve_models(config: EdgeConfig, need_llm: bool) -> ModelDirs:
+    m = config.models
+    if m.slm_onnx_dir is not None and not need_llm:
+        return ModelDirs(m.slm_onnx_dir, None)
+    from models.identity import check_pair
+    from models.supply import cache_root, ensure_model, resolve_pair
+    from training.export_onnx import ensure_onnx
+
+    pair = resolve_pair(m.pair, cache_dir=m.cache_dir, pull=True)
+    slm_dir = ensure_model(m.slm, cache_dir=m.cache_dir) if m.slm else pair.slm_dir
+    llm_dir = ensure_model(m.llm, cache_dir=m.cache_dir) if m.llm else pair.llm_dir
+    if need_llm:
+        check_pair(slm_dir, llm_dir)
+    onnx = m.slm_onnx_dir or ensure_onnx(slm_dir, cache_root(m.cache_dir), m.quant)
+    return ModelDirs(onnx, llm_dir if need_llm else None)
+
+
+@contextlib.contextmanager
+def open_engine(config: EdgeConfig, *, say=lambda msg: None) -> Iterator[RelayEngine]:
+    """A RelayEngine for `config`; the embedded cloud (if any) lives as long as the context."""
+    address = config.cloud.address
+    embedded = address == "embedded"
+    dirs = resolve_models(config, need_llm=embedded)
+    slm = OnnxSlm.load(dirs.slm_onnx, provider=config.models.provider, threads=config.models.threads)
+    vocab = Vocab.load(dirs.slm_onnx, vocab_size=slm.vocab_size)
+    say(f"SLM on {slm.provider}")
+    with contextlib.ExitStack() as stack:
+        token = config.cloud.token.get_secret_value() if config.cloud.token else os.environ.get("RELAY_CLOUD_TOKEN")
+        state = "connected"
+        if embedded:
+            token = secrets.token_urlsafe(24)
+            say("starting the local cloud (loads the LLM)…")
+            address = stack.enter_context(embedded_cloud(config, dirs.llm, token))
+            state = "embedded"
+        link, note = None, ""
+        if address != "off":
+            link, note = _connect(config, address, token, dirs.slm_onnx)
+            if link is not None:
+                stack.callback(link.close)
+        engine = RelayEngine(slm, vocab, link, config.prices, cloud_state=state if link else "offline")
+        engine.cloud_address = None if address == "off" else address
+        engine.cloud_note = note
+        yield engine
+
+
+def _connect(config: EdgeConfig, address: str, token: str | None, slm_dir: Path) -> tuple[CloudLink | None, str]:
+    from models.identity import tokenizer_sha256
+
+    c = config.cloud
+    link = CloudLink(
+        address,
+        token=token,
+        tls_ca_file=str(c.tls_ca_file) if c.tls_ca_file else None,
+        timeout_s=c.timeout_s,
+        stateless=c.stateless,
+    )
+    try:
+        link.connect(tokenizer_sha256(slm_dir), timeout_s=c.connect_timeout_s)
+    except CloudError as exc:
+        link.close()
+        log.warning("cloud offline: %s", exc)
+        return None, str(exc)
+    return link, ""
+
+
+@contextlib.contextmanager
+def embedded_cloud(config: EdgeConfig, llm_dir: Path | None, token: str) -> Iterator[str]:
+    """Run `relay cloud serve` on a free loopback port; yield its address; stop it afterwards."""
+    if llm_dir is None:
+        raise UserError("the embedded cloud needs an LLM directory")
+    cmd = [
+        sys.executable, "-m", "relaycli.main", "cloud", "serve",
+        "--host", "127.0.0.1", "--port", "0", "--llm", str(llm_dir),
+        "--set", f"device={config.cloud.embedded_device}",
+    ]  # fmt: skip
+    env = {**os.environ, "RELAY_CLOUD_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    log_file = _log_path(config)
+    with open(log_file, "ab") as err:
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+    try:
+        yield _wait_ready(child, config.cloud.embedded_startup_timeout_s, log_file)
+    finally:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _wait_ready(child: subprocess.Popen, timeout_s: float, log_file: Path) -> str:
+    found: list[str] = []
+
+    def read() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith(READY_PREFIX):
+                found.append(line.split()[1])
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not found:
+        child.kill()
+        why = f"exited with code {child.poll()}" if child.poll() is not None else f"not ready in {timeout_s:.0f} s"
+        raise UserError(f"the embedded cloud {why} (log: {log_file})")
+    return found[0]
+
+
+def _log_path(config: EdgeConfig) -> Path:
+    from models.supply import cache_root
+
+    root = cache_root(config.models.cache_dir) / "logs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root / "embedded-cloud.log"

@@ -1,0 +1,78 @@
+"""Bad requests get the right gRPC status, and the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from common.wire import pb, pb_grpc
+
+
+@pytest.fixture
+def stub(server):
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.RelayServiceStub(channel)
+
+
+def relay(stub, **fields) -> list:
+    fields.setdefault("max_new_tokens", 2)
+    return list(stub.Relay(pb.RelayRequest(**fields), timeout=30))
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"delta_ids": [10**6]}, grpc.StatusCode.INVALID_ARGUMENT),  # id outside the vocabulary
+        ({"delta_ids": [5], "max_new_tokens": 10**6}, grpc.StatusCode.INVALID_ARGUMENT),  # N above cap
+        ({"delta_ids": [5], "max_new_tokens": 0}, grpc.StatusCode.INVALID_ARGUMENT),  # N = 0
+        ({"delta_ids": [5], "context_len": 3}, grpc.StatusCode.INVALID_ARGUMENT),  # stateless with a prefix
+        ({"delta_ids": []}, grpc.StatusCode.INVALID_ARGUMENT),  # stateless without context
+        ({"delta_ids": [5] * 600}, grpc.StatusCode.INVALID_ARGUMENT),  # above max context (512)
+        ({"session_id": "nope", "delta_ids": [5]}, grpc.StatusCode.FAILED_PRECONDITION),  # unknown session
+    ],
+)
+def test_invalid_requests(stub, fields: dict, expected: grpc.StatusCode) -> None:
+    assert code_of(lambda: relay(stub, **fields)) == expected
+    assert relay(stub, delta_ids=[5, 6, 7])[-1].done.usage.completion_tokens == 2  # still serving
+
+
+def test_out_of_step_context_is_failed_precondition(stub) -> None:
+    session = stub.OpenSession(pb.OpenSessionRequest()).session_id
+    chunks = relay(stub, session_id=session, delta_ids=[5, 6, 7])
+    assert chunks[-1].done.context_len == 5
+    assert code_of(lambda: relay(stub, session_id=session, context_len=4, delta_ids=[8])) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    ok = relay(stub, session_id=session, context_len=5, delta_ids=[8])
+    assert ok[-1].done.usage.cached_tokens == 4  # 3 prompt + first generated token; the last was unfed
+
+
+def test_open_session_with_wrong_tokenizer(stub) -> None:
+    assert code_of(lambda: stub.OpenSession(pb.OpenSessionRequest(tokenizer_sha256="ab"))) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
+def test_deadline_stops_generation(stub, server) -> None:
+    session = stub.OpenSession(pb.OpenSessionRequest()).session_id
+    request = pb.RelayRequest(session_id=session, delta_ids=[5], max_new_tokens=1000)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Relay(request, timeout=0.05))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the cancelled session is dropped; the server keeps serving
+    assert code_of(lambda: relay(stub, session_id=session, context_len=1, delta_ids=[6])) in (
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert relay(stub, delta_ids=[1, 2])[-1].done.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+
+
+def test_model_info(stub) -> None:
+    info = stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.model_id == "tiny-llm" and info.protocol_version == "relaywire.v1"
+    assert len(info.tokenizer_sha256) == 64 and info.eos_token_ids and info.max_context == 512
