@@ -32,7 +32,7 @@ class CloudConfig(BaseModel):
     """Model cache root (default: the user cache dir, or RELAY_CACHE_DIR)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto: bfloat16 on CUDA and on CPUs with native bf16, else float32."""
+    """auto: bfloat16 on CUDA; on CPU whichever of bfloat16/float32 decodes faster (timed at load)."""
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads on CPU (default: all cores)."""
     max_new_tokens_cap: int = Field(1024, ge=1)

@@ -36,9 +36,13 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # YAML 1.1 reads on/off/yes/no as booleans; only true/false mean booleans here.
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text
+    return value
 
 
 def load_config(

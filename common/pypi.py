@@ -71,8 +71,13 @@ def fetch_wheel(
     """Return the path of the verified wheel `name==version` in `dest_dir`, downloading it if needed.
 
     `filename_sha256`, when given, must equal the sha256 the index reports (a pin against the
-    index changing under us); the downloaded bytes must match both.
+    index changing under us); the downloaded bytes must match both. With a pin, a matching wheel
+    already in `dest_dir` is returned without asking the index (works offline).
     """
+    if filename_sha256 is not None:
+        for present in _present_wheels(Path(dest_dir), name, version):
+            if sha256_file(present) == filename_sha256.lower():
+                return present
     wheel = find_wheel(name, version)
     if filename_sha256 is not None and filename_sha256.lower() != wheel.sha256:
         raise UserError(
@@ -122,6 +127,16 @@ def sha256_file(path: Path) -> str:
         while block := fh.read(BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _present_wheels(dest_dir: Path, name: str, version: str) -> list[Path]:
+    if not dest_dir.is_dir():
+        return []
+    return [
+        path
+        for path in dest_dir.glob("*.whl")
+        if normalize_name(path.name.split("-")[0]) == normalize_name(name) and _wheel_version(path.name) == version
+    ]
 
 
 def _wheel_version(filename: str) -> str:

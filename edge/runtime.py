@@ -118,7 +118,18 @@ class OnnxSlm:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(graph), options, providers=pick_providers(provider))
+        # Idle worker threads must not spin: while the SLM waits for the cloud (often a local
+        # server on the same cores) spinning threads would steal its CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if provider == "auto":
+            # onnxruntime-gpu lists CUDA even where its libraries are missing and then logs a
+            # loud error while falling back; in auto mode the fallback is expected, so quiet it.
+            ort.set_default_logger_severity(4)
+        try:
+            session = ort.InferenceSession(str(graph), options, providers=pick_providers(provider))
+        finally:
+            ort.set_default_logger_severity(2)
         config = json.loads((model_dir / "config.json").read_text())
         slm = cls(
             session,

@@ -65,8 +65,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def base_settings(args: argparse.Namespace) -> RelaySettings:
-    """RelaySettings shared by every policy of a run: greedy, plus the limits given as flags."""
+def base_settings(args: argparse.Namespace, defaults: RelaySettings | None = None) -> RelaySettings:
+    """RelaySettings shared by every policy of a run: the config's relay section, greedy, plus flags."""
     flags = {
         "max_new_tokens": args.max_new_tokens,
         "max_relays": args.max_relays,
@@ -74,7 +74,9 @@ def base_settings(args: argparse.Namespace) -> RelaySettings:
         "seed": args.seed,
     }
     try:
-        return RelaySettings(temperature=0.0, **{k: v for k, v in flags.items() if v is not None})
+        merged = (defaults or RelaySettings()).model_dump()
+        merged.update(temperature=0.0, **{k: v for k, v in flags.items() if v is not None})
+        return RelaySettings(**merged)
     except ValueError as exc:
         raise UserError(f"bad relay settings: {str(exc).splitlines()[0]}") from None
 
@@ -88,13 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     labels = parse_policy_list(args.policies)
-    base = base_settings(args)
-    problems = load_problems(benchmark, args.slice, args.limit, cache=args.cache)
-    out = args.out or Path("runs") / f"{benchmark}-{args.slice}"
     from edge.app import open_engine
     from edge.config import load_edge_config
 
     config = load_edge_config(args.config, args.overrides)
+    base = base_settings(args, config.relay)
+    problems = load_problems(benchmark, args.slice, args.limit, cache=args.cache)
+    out = args.out or Path("runs") / f"{benchmark}-{args.slice}"
     with open_engine(config) as engine:
         run_suite(
             make_answerer(engine),

@@ -5,6 +5,10 @@ the registry asks for now. The marker is written last, inside the temporary dire
 directory is renamed into place in one step, so an interrupted build (Ctrl-C, full disk, killed
 process) is never mistaken for a finished one: the next run sees no marker and rebuilds. Changing a
 pin in `registry.yaml` changes the expected source and so rebuilds too.
+
+Several processes may ask for the same model at once (the CLI, the cloud server, the evaluator), so
+a build runs under an exclusive lock file (`locked`); whoever gets the lock second re-checks the
+marker and normally finds the work done.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +40,7 @@ def is_complete(path: Path, expect: Mapping[str, Any]) -> bool:
     return marker is not None and all(marker.get(k) == v for k, v in expect.items())
 
 
-def publish_dir(
-    target: Path, build: Callable[[Path], Mapping[str, Any] | None], marker: Mapping[str, Any]
-) -> Path:
+def publish_dir(target: Path, build: Callable[[Path], Mapping[str, Any] | None], marker: Mapping[str, Any]) -> Path:
     """Run `build(tmp)` in a fresh sibling of `target`, write the marker, and rename it to `target`.
 
     `build` may return extra marker fields (hashes it computed). An older `target` is replaced.
@@ -56,6 +59,52 @@ def publish_dir(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextmanager
+def locked(lock_file: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (blocking; `on_wait` is called once if it must wait)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+b") as handle:
+        if not _try_lock(handle, blocking=False):
+            on_wait()
+            _try_lock(handle, blocking=True)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+
+
+if os.name == "posix":
+    import fcntl
+
+    def _try_lock(handle, *, blocking: bool) -> bool:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(handle) -> None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+else:
+    import msvcrt
+
+    def _try_lock(handle, *, blocking: bool) -> bool:
+        handle.seek(0)
+        while True:
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not blocking:
+                    return False
+                time.sleep(1.0)
+
+    def _unlock(handle) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def _replace_dir(src: Path, target: Path) -> None:

