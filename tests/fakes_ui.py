@@ -30,9 +30,9 @@ def relay_answer(round_trip_ms: float = 231.0) -> tuple[list[RelayEvent], CostRe
     tid = iter(range(100, 1000))
     events: list[RelayEvent] = [TokenEvent(next(tid), "slm", t) for t in SLM_BEFORE]
     events += [TokenEvent(next(tid), "slm", t, in_command=True) for t in COMMAND]
-    events.append(RelayStarted(index=0, n_requested=4, n_granted=4, trigger="command"))
+    events.append(RelayStarted(index=1, n_requested=4, n_granted=4, trigger="command"))
     events += [TokenEvent(next(tid), "llm", t) for t in LLM_SPAN]
-    events.append(RelayFinished(index=0, tokens_received=4, finish="length", round_trip_ms=round_trip_ms))
+    events.append(RelayFinished(index=1, tokens_received=4, finish="length", round_trip_ms=round_trip_ms))
     events += [TokenEvent(next(tid), "slm", t) for t in SLM_AFTER]
     events.append(AnswerFinished("eos"))
     relay = RelayCost(

@@ -117,7 +117,7 @@ def run_answer(engine: Any, job: AnswerJob, worker: Worker[Any] | None = None) -
     except UserError as exc:
         return Outcome(record=_snapshot(engine, stream), error=str(exc), rejected=received == 0)
     except Exception as exc:  # the cloud vanished, a model step failed: keep what was written
-        log.exception("answer failed")
+        log.debug("answer failed", exc_info=True)  # not to stderr: it would scribble over the screen
         error = f"{type(exc).__name__}: {exc}"
         return Outcome(record=_snapshot(engine, stream), text=_text(stream), error=error, rejected=received == 0)
     return Outcome(record=stream.record, text=stream.text)

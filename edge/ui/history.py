@@ -315,39 +315,38 @@ def export_markdown(conv: Conversation) -> str:
 
 
 def _answer_markdown(spans: list[Span], first_note: int) -> tuple[str, list[str]]:
+    """One answer's body (footnote refs and notices placed like the app's markers) and its footnotes."""
     out: list[str] = []
-    notes: list[str] = []
-    relay: Span | None = None
-    llm_text: list[str] = []
-
-    def close_note() -> None:
-        if relay is not None:
-            quote = _code_span(json_quote("".join(llm_text)))
-            notes.append(f"[^{first_note + len(notes)}]: {_relay_note(relay)} LLM text: {quote}")
-
+    pending: list[str] = []
+    relays: list[tuple[Span, list[str]]] = []  # each relay with the LLM text that followed it
     for span in spans:
         if span.kind == "relay":
-            close_note()
-            relay, llm_text = span, []
+            relays.append((span, []))
+            pending.append(f"[^{first_note + len(relays) - 1}]")
             continue
         if span.kind in ("notice", "end"):
-            out.append(f" *{marker_text(span)}* ")
+            pending.append(f" *{marker_text(span)}* ")
             continue
+        if span.kind == "llm" and relays:
+            relays[-1][1].append(span.text)
         text = visible_text(span)
-        if span.kind == "llm" and relay is not None:
-            if not llm_text:
-                lead, body, trail = split_edges(text, not out or out[-1].endswith("\n"))
-                text = f"{lead}[^{first_note + len(notes)}]{body}{trail}" if body else text
-            llm_text.append(span.text)
+        lead, body, trail = split_edges(text, not out or out[-1].endswith("\n"))
+        if body and pending:
+            text = lead + "".join(pending) + body + trail
+            pending.clear()
         out.append(text)
-    close_note()
+    out += pending
+    notes = [
+        f"[^{first_note + i}]: {_relay_note(span)} LLM text: {_code_span(json_quote(''.join(texts)))}"
+        for i, (span, texts) in enumerate(relays)
+    ]
     return "".join(out).strip(), notes
 
 
 def _relay_note(span: Span) -> str:
     m = span.meta
     return (
-        f"Cloud relay {m.get('index', 0) + 1} ({m.get('trigger', 'command')}): "
+        f"Cloud relay {m.get('index', '?')} ({m.get('trigger', 'command')}): "
         f"N={m.get('n_requested', '?')} requested, {m.get('n_granted', '?')} granted, "
         f"{m.get('tokens_received', 0)} received in {m.get('round_trip_ms', 0.0):.0f} ms "
         f"(finish: {m.get('finish', '?')})."

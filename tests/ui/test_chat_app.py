@@ -131,6 +131,16 @@ async def test_cloud_state_in_header_and_offline_mid_answer(tmp_path: Path) -> N
         assert any("cloud unavailable" in text for text in runs)
 
 
+async def test_offline_at_start_is_said_and_shown(tmp_path: Path) -> None:
+    engine = ScriptedEngine(script(slm_answer), cloud_state="offline", cloud_address=None)
+    engine.cloud_note = "cloud.example:50051: connection refused"  # type: ignore[attr-defined]
+    app = make_app(engine, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: bool(app.query(NoticeItem)))
+        assert "connection refused" in app.query_one(NoticeItem).message
+        assert app.sub_title.startswith("cloud: offline → SLM only")
+
+
 # ---------------------------------------------------------------- cancel, failures, bad input
 
 
@@ -337,9 +347,9 @@ def test_blocks_split_outside_fences_only() -> None:
 def test_llm_span_inside_a_list_and_code_keeps_colours() -> None:
     view = view_of(
         TokenEvent(1, "slm", "Steps:\n\n- one\n- "),
-        RelayStarted(0, 8, 8, "command"),
+        RelayStarted(1, 8, 8, "command"),
         TokenEvent(2, "llm", "two\n\n```python\nx = 1\n"),
-        RelayFinished(0, 2, "length", 10.0),
+        RelayFinished(1, 2, "length", 10.0),
         TokenEvent(3, "slm", "```\n"),
         AnswerFinished("max_tokens"),
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from edge.events import AnswerFinished, Notice, RelayFinished, RelayStarted, TokenEvent
 from edge.ui.history import (
     SCHEMA_VERSION,
     ChatMessage,
@@ -153,3 +154,25 @@ def test_export_numbers_footnotes_across_answers() -> None:
     conv.messages += answered().messages
     text = export_markdown(conv)
     assert "[^1]:" in text and "[^2]:" in text and text.count("[^2]") == 2
+
+
+def test_export_of_a_failed_relay_still_references_its_footnote() -> None:
+    view = AnswerView()
+    for event in (
+        TokenEvent(1, "slm", "So"),
+        TokenEvent(2, "slm", "<call>8</call>", in_command=True),
+        RelayStarted(1, 8, 8, "command"),
+        RelayFinished(1, 0, "error", 0.0),
+        Notice("cloud_unavailable", "connection refused"),
+        TokenEvent(3, "slm", "\n- then alone"),
+        AnswerFinished("cancelled"),
+    ):
+        view.feed(event)
+    conv = Conversation(title="t", messages=[ChatMessage("user", "q"), ChatMessage("assistant", "", view.spans)])
+    text = export_markdown(conv)
+    # The list item keeps its bullet: the reference and the notice go after "- ".
+    assert "So\n- [^1] *⟨cloud unavailable → SLM only: connection refused⟩* then alone *⟨cancelled⟩*" in text
+    assert (
+        '[^1]: Cloud relay 1 (command): N=8 requested, 8 granted, 0 received in 0 ms (finish: error). LLM text: `""`'
+        in text
+    )
