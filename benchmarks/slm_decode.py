@@ -124,12 +124,10 @@ def main() -> int:
     from training.export_onnx import ensure_onnx
 
     pair = resolve_pair(args.pair)
-    onnx = {q: ensure_onnx(pair.slm_dir, cache_root(), q) for q in ("fp32", "int8")}
-    runs = {
-        "torch fp32 eager": measure("torch", pair.slm_dir, args.tokens, args.threads),
-        "onnx fp32": measure("onnx", onnx["fp32"], args.tokens, args.threads),
-        "onnx int8": measure("onnx", onnx["int8"], args.tokens, args.threads),
-    }
+    onnx = {q: ensure_onnx(pair.slm_dir, cache_root(), q) for q in ("fp32", "int8", "int8-dynamic")}
+    runs = {"torch fp32 eager": measure("torch", pair.slm_dir, args.tokens, args.threads)}
+    for quant, path in onnx.items():
+        runs[f"onnx {quant}"] = measure("onnx", path, args.tokens, args.threads)
     bandwidth = copy_bandwidth_gbs()
     report(runs, bandwidth, {q: weight_bytes_per_token(d) for q, d in onnx.items()}, args)
     return 0
@@ -143,8 +141,7 @@ def report(runs: dict, bandwidth: float, weights: dict, args: argparse.Namespace
     figures = {"copy_bandwidth_gbs": bandwidth, "weight_bytes_per_token": weights, "runs": {}}
     for name, run in runs.items():
         same = _common_prefix(run["ids"], reference["ids"])
-        quant = "int8" if "int8" in name else "fp32"
-        roof = bandwidth * 1e9 / weights[quant]
+        roof = bandwidth * 1e9 / weights[name.removeprefix("onnx ")] if name.startswith("onnx") else 0.0
         share = f"{run['tok_s'] / roof:.0%}" if name.startswith("onnx") else "-"
         print(
             f"{name:18} {run['tok_s']:7.1f} {run['tok_s'] / base:8.2f} {run['peak_rss_mb']:12.0f} "

@@ -59,7 +59,8 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None) -> Iterator[RelayEn
     address = config.cloud.address
     embedded = address == "embedded"
     dirs = resolve_models(config, need_llm=embedded)
-    slm = OnnxSlm.load(dirs.slm_onnx, provider=config.models.provider, threads=config.models.threads)
+    m = config.models
+    slm = OnnxSlm.load(dirs.slm_onnx, provider=m.provider, threads=m.threads, spin=m.spin_threads)
     vocab = Vocab.load(dirs.slm_onnx, vocab_size=slm.vocab_size)
     say(f"SLM on {slm.provider}")
     with contextlib.ExitStack() as stack:

@@ -27,14 +27,16 @@ class ModelsSection(BaseModel):
     """Override the pair's LLM (used by the embedded cloud only)."""
     slm_onnx_dir: Path | None = None
     """Use this exported ONNX directory as is (skips export)."""
-    quant: Literal["int8", "fp32"] = "int8"
-    """Which ONNX export of the SLM to run (int8 is per-channel dynamic quantization)."""
+    quant: Literal["int8", "int8-dynamic", "fp32"] = "int8"
+    """Which ONNX export of the SLM to run (see training/export_onnx.py for the int8 schemes)."""
     cache_dir: Path | None = None
     """Model cache root (default: the user cache dir, or RELAY_CACHE_DIR)."""
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     """onnxruntime execution provider: auto takes CUDA when available."""
     threads: int | None = Field(None, ge=1)
     """onnxruntime intra-op threads (default: all cores)."""
+    spin_threads: bool = True
+    """Let idle onnxruntime threads spin (faster decode, more CPU burnt while waiting)."""
 
 
 class CloudSection(BaseModel):

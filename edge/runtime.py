@@ -118,10 +118,9 @@ class OnnxSlm:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads must not spin: while the SLM waits for the cloud (often a local
-        # server on the same cores) spinning threads would steal its CPU.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # Spinning worker threads decode ~20 % faster here (no wake-up per op) but burn CPU while
+        # idle; turn it off when the SLM shares few cores with other busy processes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if provider == "auto":
             # onnxruntime-gpu lists CUDA even where its libraries are missing and then logs a
             # loud error while falling back; in auto mode the fallback is expected, so quiet it.

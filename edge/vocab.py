@@ -96,8 +96,12 @@ class Vocab:
         env.globals["raise_exception"] = raise_exception
         try:
             template = env.from_string(self.chat_template)
+            # enable_thinking=False: Qwen3-style templates run in non-thinking mode, as the paper does.
             return template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self.bos_token
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                enable_thinking=False,
             )
         except jinja2.TemplateError as exc:
             raise UserError(f"chat template failed: {exc}") from None
