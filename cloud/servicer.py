@@ -85,41 +85,45 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         return pb.CloseSessionResponse(existed=existed)
 
     async def Relay(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await self._authorize(context)
-        await self._validate(request, context)
-        session = await self._session_for(request, context)
-        code = "OK"
+        code, session = "OK", None
         try:
+            await self._authorize(context)
+            await self._validate(request, context)
+            session = await self._session_for(request, context)
             async with session.lock:
-                if request.session_id and request.context_len != len(session.ids):
-                    await context.abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"context out of step: server holds {len(session.ids)} tokens, "
-                        f"client assumed {request.context_len}",
-                    )
-                if len(session.ids) + len(request.delta_ids) >= self.max_context:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"context of {len(session.ids) + len(request.delta_ids)} tokens exceeds "
-                        f"max context {self.max_context}",
-                    )
+                await self._check_context(request, session, context)
                 async for chunk in self._generate(session, request):
                     yield chunk
         except asyncio.CancelledError:
             code = "CANCELLED"
-            self.store.close(session.session_id)
+            if session is not None:
+                self.store.close(session.session_id)
             raise
         except grpc.aio.AbortError:
-            code = "ABORTED_BY_SERVER"
+            status = context.code()
+            code = status.name if isinstance(status, grpc.StatusCode) else "ABORTED"
             raise
         except Exception as exc:  # a model failure must not take the server down
             code = "INTERNAL"
             log.exception("relay failed")
-            self.store.close(session.session_id)
+            if session is not None:
+                self.store.close(session.session_id)
             await context.abort(grpc.StatusCode.INTERNAL, f"LLM step failed: {type(exc).__name__}")
         finally:
             self.metrics.requests.labels(code=code).inc()
             self._update_gauges()
+
+    async def _check_context(self, request: Any, session: Session, context: grpc.aio.ServicerContext) -> None:
+        if request.session_id and request.context_len != len(session.ids):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"context out of step: server holds {len(session.ids)} tokens, client assumed {request.context_len}",
+            )
+        if len(session.ids) + len(request.delta_ids) >= self.max_context:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"context of {len(session.ids) + len(request.delta_ids)} tokens exceeds max context {self.max_context}",
+            )
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -124,9 +124,7 @@ class CloudLink:
         finally:
             self.last.round_trip_ms = (time.perf_counter() - started - self._consumer_s) * 1e3
 
-    def _relay_once(
-        self, context: list[int], n: int, sampling: Sampling, allow_resend: bool
-    ) -> Iterator[list[int]]:
+    def _relay_once(self, context: list[int], n: int, sampling: Sampling, allow_resend: bool) -> Iterator[list[int]]:
         request = self._request(context, n, sampling)
         self.last.bytes_up += request.ByteSize() + GRPC_FRAME_BYTES
         call = self._stub.Relay(request, timeout=self.timeout_s, metadata=self._metadata)
@@ -200,9 +198,7 @@ class CloudLink:
         if not self.stateless:
             self._session_ids = list(context) + out.tokens
             if done.context_len != len(self._session_ids):
-                log.warning(
-                    "cloud context %d != local %d; resetting", done.context_len, len(self._session_ids)
-                )
+                log.warning("cloud context %d != local %d; resetting", done.context_len, len(self._session_ids))
                 self._forget_session()
 
     def _check_ids(self, ids: list[int]) -> list[int]:

@@ -110,7 +110,9 @@ class OnnxSlm:
         self.reset()
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, provider: str = "auto", threads: int | None = None) -> OnnxSlm:
+    def load(
+        cls, model_dir: str | Path, *, provider: str = "auto", threads: int | None = None, spin: bool = True
+    ) -> OnnxSlm:
         model_dir = Path(model_dir)
         graph = model_dir / "model.onnx"
         if not graph.is_file():
@@ -150,9 +152,7 @@ class OnnxSlm:
         if not ids:
             raise ValueError("forward() needs at least one token")
         if self.context_len + len(ids) > self.max_context:
-            raise UserError(
-                f"context full: {self.context_len + len(ids)} tokens > max context {self.max_context}"
-            )
+            raise UserError(f"context full: {self.context_len + len(ids)} tokens > max context {self.max_context}")
         logits = None
         for start in range(0, len(ids), self.prefill_chunk):
             logits = self._run(ids[start : start + self.prefill_chunk])

@@ -83,9 +83,7 @@ class Vocab:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        return b"".join(self.token_bytes[i] for i in ids if i not in self.special_ids).decode(
-            "utf-8", errors="replace"
-        )
+        return b"".join(self.token_bytes[i] for i in ids if i not in self.special_ids).decode("utf-8", errors="replace")
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

@@ -36,9 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--benchmark", default="gsm8k", help="gsm8k or math500")
     run.add_argument("--slice", default="dev", help="dev, test or all (see evaluation/data.py)")
     run.add_argument("--limit", type=int, help="first N problems of the slice")
-    run.add_argument(
-        "--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})"
-    )
+    run.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
     run.add_argument("--out", type=Path, help="run directory (default runs/<benchmark>-<slice>)")
     run.add_argument("--config", type=Path, help="edge config YAML")
     run.add_argument("--set", dest="overrides", action="append", default=[], help="edge config key.sub=value")

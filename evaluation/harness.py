@@ -84,9 +84,7 @@ def parse_policy_list(text: str) -> list[str]:
         raise UserError(f"a policy is listed twice in {text!r}")
     if "random-token" in labels:
         if "learned" not in labels:
-            raise UserError(
-                "random-token matches the learned policy's share: list learned too (or use random@RATE)"
-            )
+            raise UserError("random-token matches the learned policy's share: list learned too (or use random@RATE)")
         labels.remove("random-token")
         labels.insert(labels.index("learned") + 1, "random-token")
     for label in labels:
@@ -104,9 +102,7 @@ def policy_settings(label: str, base: RelaySettings, *, learned_share: float | N
             tau = float(arg) if arg else base.entropy_tau
             return RelaySettings.model_validate(base.model_dump() | {"policy": "entropy", "entropy_tau": tau})
         if name == "random" and arg:
-            return RelaySettings.model_validate(
-                base.model_dump() | {"policy": "random", "random_rate": float(arg)}
-            )
+            return RelaySettings.model_validate(base.model_dump() | {"policy": "random", "random_rate": float(arg)})
         if name == "random-token" and not arg:
             if learned_share is None:
                 raise UserError("random-token needs the learned policy's measured share first")

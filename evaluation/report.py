@@ -115,9 +115,7 @@ def pareto_plot(summary: Mapping, path: Path) -> Path:
     if router:
         curve = router["curve"]
         acc = [100 * c["accuracy"] for c in curve]
-        ax_share.plot(
-            [100 * c["llm_share"] for c in curve], acc, "--", color="grey", label="random router (query)"
-        )
+        ax_share.plot([100 * c["llm_share"] for c in curve], acc, "--", color="grey", label="random router (query)")
         ax_money.plot([1000 * c["money_per_answer"] for c in curve], acc, "--", color="grey")
     for label, s in summary["policies"].items():
         if not s["graded"]:

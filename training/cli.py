@@ -19,9 +19,11 @@ def run_export(args: argparse.Namespace) -> int:
     from models.supply import cache_root, ensure_model, resolve_pair
     from training.export_onnx import QUANTS, ensure_onnx
 
-    slm_dir = ensure_model(args.slm, cache_dir=args.cache_dir) if args.slm else resolve_pair(
-        args.pair, cache_dir=args.cache_dir
-    ).slm_dir
+    slm_dir = (
+        ensure_model(args.slm, cache_dir=args.cache_dir)
+        if args.slm
+        else resolve_pair(args.pair, cache_dir=args.cache_dir).slm_dir
+    )
     for quant in QUANTS if args.quant == "all" else (args.quant,):
         path = ensure_onnx(slm_dir, cache_root(args.cache_dir), quant)
         print(f"{quant}: {path}")

