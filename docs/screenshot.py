@@ -3,13 +3,12 @@
     python docs/screenshot.py [question]
 
 Runs the Textual app under Pilot at 120x40, asks one question with the entropy controller so the
-cloud writes some spans, saves Textual's SVG screenshot, and converts it to PNG (ImageMagick/rsvg).
+cloud writes some spans, saves Textual's SVG screenshot, and converts it to PNG with cairosvg.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,8 +43,10 @@ def main() -> int:
     svg = ROOT / "docs" / "chat.svg"
     with open_engine(EdgeConfig(), say=print) as engine:
         asyncio.run(session(engine, question, svg))
+    import cairosvg
+
     png = svg.with_suffix(".png")
-    subprocess.run(["convert", "-density", "110", str(svg), str(png)], check=True)
+    cairosvg.svg2png(url=str(svg), write_to=str(png), output_width=1400)
     print(f"wrote {png}")
     return 0
 
