@@ -45,6 +45,26 @@ def _parse_scalar(text: str) -> Any:
     return value
 
 
+def read_yaml(file: Path, what: str) -> Any:
+    """Parse a YAML file; a missing file or bad YAML is one UserError line naming `what`."""
+    try:
+        return yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {file}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def validate(model: type[ConfigT], tree: Any, what: str) -> ConfigT:
+    """Validate `tree` as `model`; the first problem becomes one UserError line with its location."""
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise UserError(f"invalid {what} at {where}: {first['msg']}") from None
+
+
 def load_config(
     model: type[ConfigT],
     path: str | Path | None = None,
@@ -57,12 +77,7 @@ def load_config(
     tree: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
-        if not file.is_file():
-            raise UserError(f"config file not found: {file}")
-        try:
-            loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        loaded = read_yaml(file, "config file") or {}
         if not isinstance(loaded, dict):
             raise UserError(f"config file {file} must hold a mapping at the top level")
         tree = loaded
@@ -75,9 +90,4 @@ def load_config(
         if not sep:
             raise UserError(f"override {item!r} must look like key.sub=value")
         _set_path(tree, key.strip(), _parse_scalar(value))
-    try:
-        return model.model_validate(tree)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise UserError(f"invalid config at {where}: {first['msg']}") from None
+    return validate(model, tree, "config")

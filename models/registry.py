@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.config import read_yaml, validate
 from common.errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -112,15 +112,4 @@ class Registry(_Spec):
 def load_registry(path: Path | None = None) -> Registry:
     """Parse and validate the registry (the packaged `registry.yaml` by default)."""
     file = Path(path) if path is not None else default_registry_path()
-    try:
-        tree = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"model registry not found: {file}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"model registry {file} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return Registry.model_validate(tree)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise UserError(f"invalid model registry {file} at {where}: {first['msg']}") from None
+    return validate(Registry, read_yaml(file, "model registry"), f"model registry {file}")
