@@ -89,6 +89,8 @@ class AnswerStream:
             cloud_available=engine.link is not None and engine.cloud_state != "offline",
         )
         self.record = CostRecord(prompt_tokens=len(prompt))
+        if not self.machine.cloud_usable and settings.policy != "never":
+            self.record.fallbacks.append(f"cloud offline: {engine.cloud_note or 'not configured'}")
         self.spans: list[tuple[str, str]] = []
         self._detok = IncrementalDetokenizer(engine.vocab.token_bytes, engine.vocab.special_ids)
         self._prefilled = False

@@ -175,3 +175,18 @@ def test_concurrent_sessions_do_not_block_each_other(server, tiny_onnx, vocab) -
     for t in threads:
         t.join(60)
     assert len(results) == 3 and results[0] == results[1] == results[2]
+
+
+def test_garbage_from_the_cloud_falls_back_to_the_slm(server, slm, vocab, tiny_onnx) -> None:
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    engine.link.info.vocab_size = 5  # every real id now looks outside the vocabulary
+    stream, events = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=8))
+    assert "outside the vocabulary" in stream.record.fallbacks[0]
+    assert stream.record.llm_tokens == 0 and stream.record.slm_tokens == 8
+
+
+def test_offline_engine_records_why(slm, vocab) -> None:
+    engine = RelayEngine(slm, vocab, None)
+    engine.cloud_note = "cloud at x:1 unreachable"
+    stream, _ = run(engine, RelaySettings(policy="learned", max_new_tokens=4))
+    assert stream.record.fallbacks == ["cloud offline: cloud at x:1 unreachable"]
