@@ -190,3 +190,20 @@ def test_offline_engine_records_why(slm, vocab) -> None:
     engine.cloud_note = "cloud at x:1 unreachable"
     stream, _ = run(engine, RelaySettings(policy="learned", max_new_tokens=4))
     assert stream.record.fallbacks == ["cloud offline: cloud at x:1 unreachable"]
+
+
+def test_tls(llm_backend, tmp_path: Path) -> None:
+    import subprocess
+
+    from cloud.config import TlsConfig
+
+    key, cert = tmp_path / "server.key", tmp_path / "server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with ServerThread(llm_backend, config(tls=TlsConfig(cert_file=cert, key_file=key))) as server:
+        assert CloudLink(server.address, tls_ca_file=str(cert)).connect("").model_id == "tiny-llm"
+        with pytest.raises(CloudError):
+            CloudLink(server.address, timeout_s=2).connect("", timeout_s=2)  # plaintext to a TLS port
