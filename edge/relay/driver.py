@@ -140,8 +140,9 @@ class AnswerStream:
         relay = self.record.relays[-1]
         s = self.settings
         sampling = Sampling(s.temperature, s.top_p, s.seed + len(self.record.relays))
+        tokens = link.relay(action.context, action.n, sampling)
         try:
-            for ids in link.relay(action.context, action.n, sampling):
+            for ids in tokens:
                 yield from self._emit(self.machine.on_llm_tokens(ids))
                 if self.cancel.is_set():
                     break
@@ -150,6 +151,8 @@ class AnswerStream:
             self.engine.cloud_state = "offline"
             self.record.fallbacks.append(str(exc))
             return self.machine.on_cloud_failed(str(exc), link.last.round_trip_ms)
+        finally:
+            tokens.close()  # a cancelled relay: cancel the gRPC call now, not at garbage collection
         self._book_relay(relay, link)
         self._check_budget()
         return self.machine.on_cloud_done(link.last.finish or "abort", link.last.round_trip_ms)

@@ -207,3 +207,21 @@ def test_tls(llm_backend, tmp_path: Path) -> None:
         assert CloudLink(server.address, tls_ca_file=str(cert)).connect("").model_id == "tiny-llm"
         with pytest.raises(CloudError):
             CloudLink(server.address, timeout_s=2).connect("", timeout_s=2)  # plaintext to a TLS port
+
+
+def test_cancel_mid_relay_stops_and_the_next_answer_works(llm_backend, slm, vocab, tiny_onnx) -> None:
+    from edge.events import AnswerFinished
+
+    with ServerThread(SlowBackend(llm_backend, delay_s=0.05), config()) as server:
+        engine = engine_for(slm, vocab, server.address, tiny_onnx)
+        cancel = threading.Event()
+        stream = engine.answer(MESSAGES, RelaySettings(policy="cloud-only", max_new_tokens=200), cancel)
+        events = []
+        for event in stream:
+            events.append(event)
+            if isinstance(event, TokenEvent):
+                cancel.set()
+        assert isinstance(events[-1], AnswerFinished) and events[-1].reason == "cancelled"
+        assert stream.record.llm_tokens < 5
+        again, _ = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=3))
+        assert again.record.llm_tokens == 3 and not again.record.fallbacks
