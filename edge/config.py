@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from common.config import load_config
 from edge.cost import PriceTable
-from edge.relay.settings import RelaySettings
+from edge.relay.settings import Policy, RelaySettings
 
 
 class ModelsSection(BaseModel):
@@ -58,12 +58,22 @@ class CloudSection(BaseModel):
     """How long to wait for the embedded cloud to load its model (first run converts it)."""
 
 
+class EdgeRelaySettings(RelaySettings):
+    """RelaySettings with the edge's defaults: the entropy controller, because the bundled SLM is not
+    RelayLLM-trained (it never writes `<call>N</call>`); set `policy: learned` with a trained SLM.
+    A partial `relay:` section in YAML keeps these defaults for the fields it does not name."""
+
+    policy: Policy = "entropy"
+    entropy_tau: float = Field(0.6, gt=0, lt=1)
+
+
 class EdgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: ModelsSection = ModelsSection()
     cloud: CloudSection = CloudSection()
-    relay: RelaySettings = RelaySettings()
+    relay: EdgeRelaySettings = EdgeRelaySettings()
+    """Per-answer relay settings (the chat app can change them at run time)."""
     prices: PriceTable = PriceTable()
     history_path: Path | None = None
     """SQLite file of the chat history (default: in the user data dir)."""

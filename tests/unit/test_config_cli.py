@@ -70,3 +70,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> 
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(message)
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_partial_relay_section_keeps_the_edge_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "edge.yaml"
+    config.write_text("relay: {max_relays: 2}\n")
+    relay = load_edge_config(config).relay
+    assert (relay.policy, relay.entropy_tau, relay.max_relays) == ("entropy", 0.6, 2)
