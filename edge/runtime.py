@@ -106,7 +106,8 @@ class OnnxSlm:
         self.prefill_chunk = prefill_chunk
         self.provider = session.get_providers()[0]
         self._past: dict[str, np.ndarray] = {}
-        self.context_len = 0
+        self.ids: list[int] = []
+        """The token ids whose keys and values the cache holds."""
         self.reset()
 
     @classmethod
@@ -145,7 +146,27 @@ class OnnxSlm:
         lay = self.layout
         empty = np.zeros((1, lay.num_kv_heads, 0, lay.head_dim), dtype=lay.kv_dtype)
         self._past = {name: empty for name in lay.past_names}
-        self.context_len = 0
+        self.ids = []
+
+    @property
+    def context_len(self) -> int:
+        return len(self.ids)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Make the cache hold exactly `ids`, reusing the longest prefix it already holds.
+
+        The next turn of a chat starts with the previous turn's prompt, so only the new tokens are
+        computed. At least one token is always run, because its logits are needed.
+        """
+        if not ids:
+            raise ValueError("prefill() needs at least one token")
+        keep = 0
+        limit = min(len(ids) - 1, len(self.ids))
+        while keep < limit and self.ids[keep] == ids[keep]:
+            keep += 1
+        self._past = {name: past[:, :, :keep, :] for name, past in self._past.items()}
+        self.ids = self.ids[:keep]
+        return self.forward(ids[keep:])
 
     def forward(self, ids: list[int]) -> np.ndarray:
         """Append `ids` to the cache; return float32 logits [vocab] for the next position."""
@@ -160,7 +181,7 @@ class OnnxSlm:
         return logits
 
     def _run(self, ids: list[int]) -> np.ndarray:
-        n, past_len = len(ids), self.context_len
+        n, past_len = len(ids), len(self.ids)
         feeds: dict[str, np.ndarray] = {
             "input_ids": np.asarray([ids], dtype=np.int64),
             "attention_mask": np.ones((1, past_len + n), dtype=np.int64),
@@ -170,5 +191,5 @@ class OnnxSlm:
             feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None, :]
         outputs = self.session.run(["logits", *self.layout.present_names], feeds)
         self._past = dict(zip(self.layout.past_names, outputs[1:], strict=True))
-        self.context_len += n
+        self.ids += ids
         return np.asarray(outputs[0][0, -1], dtype=np.float32)

@@ -30,9 +30,11 @@ from edge.vocab import Vocab
 class SlmBackend(Protocol):
     max_context: int
 
-    def reset(self) -> None: ...
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Make the cache hold exactly `ids` (reusing any prefix it holds); logits of the next token."""
 
-    def forward(self, ids: list[int]) -> np.ndarray: ...
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Append `ids` to the cache; logits of the next token."""
 
 
 class RelayEngine:
@@ -102,7 +104,6 @@ class AnswerStream:
     def __iter__(self) -> Iterator[RelayEvent]:
         started = time.perf_counter()
         with self.engine._lock:
-            self.engine.slm.reset()
             events, action = self.machine.start()
             try:
                 while True:
@@ -122,8 +123,11 @@ class AnswerStream:
 
     def _decode(self, action: Decode) -> Step:
         t0 = time.perf_counter()
+        slm = self.engine.slm
         try:
-            logits = self.engine.slm.forward(action.feed)
+            # The first feed is the whole prompt (or, after a failed cloud-only start, prompt plus
+            # the LLM's tokens): prefill reuses what the cache holds from the previous turn.
+            logits = slm.forward(action.feed) if self._prefilled else slm.prefill(action.feed)
         except UserError as exc:  # context full mid-answer
             return self.machine.stop("context_full", str(exc))
         elapsed = (time.perf_counter() - t0) * 1e3

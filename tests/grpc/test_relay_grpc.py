@@ -225,3 +225,17 @@ def test_cancel_mid_relay_stops_and_the_next_answer_works(llm_backend, slm, voca
         assert stream.record.llm_tokens < 5
         again, _ = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=3))
         assert again.record.llm_tokens == 3 and not again.record.fallbacks
+
+
+def test_second_turn_reuses_the_slm_cache_and_answers_the_same(server, slm, vocab, tiny_onnx) -> None:
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_relays=2, max_new_tokens=12)
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    first, _ = run(engine, settings)
+    turn2 = [*MESSAGES, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And 5 more?"}]
+    warm = engine.answer(turn2, settings)
+    list(warm)
+    fresh_slm = OnnxSlm.load(tiny_onnx, provider="cpu", threads=1)
+    cold = engine_for(fresh_slm, vocab, server.address, tiny_onnx).answer(turn2, settings)
+    list(cold)
+    assert warm.machine.answer_ids == cold.machine.answer_ids
+    assert warm.record.slm_prefill_ms > 0 and len(warm.record.relays) == 2

@@ -120,3 +120,17 @@ def test_detokenizer_never_splits_utf8(tiny_onnx: Path) -> None:
 def test_vocab_without_tokenizer_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="has no tokenizer"):
         Vocab.load(tmp_path)
+
+
+def test_prefill_reuses_the_cached_prefix_and_matches_a_fresh_prefill(tiny_onnx: Path, prompt_ids: list[int]) -> None:
+    slm = OnnxSlm.load(tiny_onnx, provider="cpu")
+    slm.prefill(prompt_ids + [50, 51, 52])  # last turn: prompt + an answer
+    runs: list[int] = []
+    original = slm._run
+    slm._run = lambda ids: runs.append(len(ids)) or original(ids)  # count computed tokens
+    next_turn = prompt_ids + [50, 51, 60, 61]  # shares the prompt and two answer tokens
+    reused = slm.prefill(next_turn)
+    assert sum(runs) == 2 and slm.ids == next_turn
+    fresh = OnnxSlm.load(tiny_onnx, provider="cpu").prefill(next_turn)
+    np.testing.assert_allclose(reused, fresh, atol=1e-4, rtol=1e-4)
+    assert slm.prefill(next_turn) is not None and sum(runs) == 3  # identical input: one token rerun
