@@ -17,11 +17,11 @@ from cloud.config import CloudConfig
 from cloud.metrics import Metrics
 from cloud.servicer import RelayServicer
 from common.errors import UserError
+from common.ready import READY_PREFIX
 from common.wire import pb, pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RelayService"].full_name
-READY_PREFIX = "RELAY-CLOUD-READY"
 
 
 @dataclass

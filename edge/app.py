@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.ready import READY_PREFIX
 from edge.cloud_link import CloudError, CloudLink
 from edge.config import EdgeConfig
 from edge.relay.driver import RelayEngine
@@ -27,7 +28,6 @@ from edge.runtime import OnnxSlm
 from edge.vocab import Vocab
 
 log = logging.getLogger(__name__)
-READY_PREFIX = "RELAY-CLOUD-READY"  # printed by cloud.server.serve
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ app, the evaluator and the GRPO rollouts all consume this one event vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Source = Literal["slm", "llm"]
@@ -72,11 +72,3 @@ class AnswerFinished:
 
 
 RelayEvent = TokenEvent | RelayStarted | RelayFinished | Notice | AnswerFinished
-
-
-@dataclass
-class Transcript:
-    """Token ids of an answer with their provenance, for rendering and export."""
-
-    token_ids: list[int] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
