@@ -36,7 +36,7 @@ QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold 
 
 def model_dirs(tiny: bool, workdir: Path) -> tuple[Path, Path]:
     """(SLM ONNX dir, LLM HF dir)."""
-    from training.export_onnx import ensure_onnx
+    from edge.export import ensure_onnx
 
     if tiny:
         from tests.tiny import build_pair

@@ -130,8 +130,8 @@ def main() -> int:
         kind, path, tokens, threads = args.child
         child(kind, path, int(tokens), int(threads))
         return 0
+    from edge.export import ensure_onnx
     from models.supply import cache_root, resolve_pair
-    from training.export_onnx import ensure_onnx
 
     pair = resolve_pair(args.pair)
     onnx = {q: ensure_onnx(pair.slm_dir, cache_root(), q) for q in ("fp32", "int8", "int8-dynamic")}

@@ -40,9 +40,9 @@ def resolve_models(config: EdgeConfig, need_llm: bool) -> ModelDirs:
     m = config.models
     if m.slm_onnx_dir is not None and not need_llm:
         return ModelDirs(m.slm_onnx_dir, None)
+    from edge.export import ensure_onnx
     from models.identity import check_pair
     from models.supply import cache_root, ensure_model, resolve_pair
-    from training.export_onnx import ensure_onnx
 
     pair = resolve_pair(m.pair, cache_dir=m.cache_dir, pull=True)
     slm_dir = ensure_model(m.slm, cache_dir=m.cache_dir) if m.slm else pair.slm_dir

@@ -28,7 +28,7 @@ class ModelsSection(BaseModel):
     slm_onnx_dir: Path | None = None
     """Use this exported ONNX directory as is (skips export)."""
     quant: Literal["int8", "int8-dynamic", "fp32"] = "int8"
-    """Which ONNX export of the SLM to run (see training/export_onnx.py for the int8 schemes)."""
+    """Which ONNX export of the SLM to run (see edge/export.py for the int8 schemes)."""
     cache_dir: Path | None = None
     """Model cache root (default: the user cache dir, or RELAY_CACHE_DIR)."""
     provider: Literal["auto", "cpu", "cuda"] = "auto"

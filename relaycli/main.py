@@ -17,6 +17,7 @@ from common.errors import UserError
 # `relay cloud serve` does not import onnxruntime and `relay ask` does not import torch.
 ROLES: list[str] = [
     "models.cli",
+    "edge.export_cli",
     "training.cli",
     "edge.cli",
     "edge.ui.cli",

@@ -21,13 +21,13 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_pair: tuple[Path, Path], tiny_cache: Path) -> Path:
-    from training.export_onnx import ensure_onnx
+    from edge.export import ensure_onnx
 
     return ensure_onnx(tiny_pair[0], tiny_cache, "fp32")
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx_int8(tiny_pair: tuple[Path, Path], tiny_cache: Path, tiny_onnx: Path) -> Path:
-    from training.export_onnx import ensure_onnx
+    from edge.export import ensure_onnx
 
     return ensure_onnx(tiny_pair[0], tiny_cache, "int8")

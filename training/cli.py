@@ -1,30 +1,133 @@
-"""`relay export`: the SLM to ONNX (fp32 and int8 per-channel), verified against torch."""
+"""`relay train questions | warmup | sft | grpo | ship`: the training stages, one recipe each.
+
+Each stage reads the recipe (`--recipe smoke|cpu|gpu|file.yaml`, `--set section.key=value`) and
+writes under the recipe's `out_dir` (or `--out`); every stage resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from common.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    export = sub.add_parser("export", help="export the SLM to ONNX with a KV cache (verified)")
-    export.add_argument("--pair", help="model pair whose SLM to export (default: the registry default)")
-    export.add_argument("--slm", help="a model name, hub id or HF directory instead of the pair's SLM")
-    export.add_argument("--quant", choices=["fp32", "int8", "int8-dynamic", "all"], default="all")
-    export.add_argument("--cache-dir", type=Path, help="model cache root")
-    export.set_defaults(func=run_export)
+    train = sub.add_parser("train", help="teach the SLM when to call: warm-up data, SFT, GRPO, ship")
+    stages = train.add_subparsers(dest="train_command", required=True, metavar="STAGE")
+    for name, func, text in (
+        ("questions", cmd_questions, "write the training question set (never an evaluation problem)"),
+        ("warmup", cmd_warmup, "build the warm-up SFT set (paper or divergence mode) with a datasheet"),
+        ("sft", cmd_sft, "warm-up SFT (LoRA, assistant tokens only)"),
+        ("grpo", cmd_grpo, "GRPO with the LLM in the loop (relay rollouts)"),
+        ("ship", cmd_ship, "merge the adapter, export ONNX int8 and check it runs in the edge runtime"),
+    ):
+        p = stages.add_parser(name, help=text)
+        p.add_argument("--recipe", default="cpu", help="smoke | cpu | gpu | path to a recipe YAML")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--out", type=Path, help="output folder (default: the recipe's out_dir)")
+        p.add_argument("--limit", type=int, help="handle at most this many questions (warmup, grpo)")
+        p.set_defaults(func=func)
+    for p in stages.choices.values():
+        if p.prog.endswith("warmup"):
+            p.add_argument("--mode", choices=("divergence", "paper"), help="override warmup.mode")
+        if p.prog.endswith(("sft", "grpo")):
+            p.add_argument("--data", type=Path, help="warm-up examples / question JSONL to train on")
+        if p.prog.endswith(("grpo", "ship")):
+            p.add_argument("--adapter", type=Path, help="start from this LoRA adapter (default: the SFT output)")
+        if p.prog.endswith("ship"):
+            p.add_argument("--publish", metavar="NAME", help="also copy the adapter to models/adapters/NAME")
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from models.supply import cache_root, ensure_model, resolve_pair
-    from training.export_onnx import QUANTS, ensure_onnx
+def _config(args: argparse.Namespace):
+    from training.config import load_train_config
 
-    slm_dir = (
-        ensure_model(args.slm, cache_dir=args.cache_dir)
-        if args.slm
-        else resolve_pair(args.pair, cache_dir=args.cache_dir).slm_dir
+    overrides = list(args.overrides)
+    if getattr(args, "mode", None):
+        overrides.append(f"warmup.mode={args.mode}")
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    return load_train_config(args.recipe, overrides)
+
+
+def _questions(config, limit: int | None):
+    from training.questions import build_question_set, read_questions
+
+    path = Path(config.out_dir) / "questions.jsonl"
+    if path.is_file():
+        questions = read_questions(path)
+    else:
+        from evaluation.data import write_jsonl_atomic
+
+        d = config.data
+        questions = build_question_set(
+            math_count=d.math_count, gym_count=d.gym_count, max_level=d.math_max_level, seed=d.seed,
+            cache=config.models.cache_dir,
+        )  # fmt: skip
+        write_jsonl_atomic(path, (q.to_row() for q in questions))
+    return questions[:limit] if limit else questions
+
+
+def cmd_questions(args: argparse.Namespace) -> int:
+    config = _config(args)
+    questions = _questions(config, args.limit)
+    print(f"{len(questions)} questions in {Path(config.out_dir) / 'questions.jsonl'}")
+    return 0
+
+
+def slm_onnx_dir(config) -> Path:
+    from edge.export import ensure_onnx
+    from models.supply import cache_root, ensure_model
+
+    slm_dir = ensure_model(config.models.slm, cache_dir=config.models.cache_dir)
+    return ensure_onnx(slm_dir, cache_root(config.models.cache_dir), config.models.slm_onnx_quant)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from models.supply import ensure_model
+    from training.models import LocalSlm, TeacherLlm
+    from training.warmup import WarmupBuilder, run_warmup
+
+    config = _config(args)
+    questions = _questions(config, args.limit)
+    slm = LocalSlm(slm_onnx_dir(config), threads=config.models.threads)
+    llm = None
+    if config.warmup.mode == "divergence":
+        llm_dir = ensure_model(config.models.llm, cache_dir=config.models.cache_dir)
+        llm = TeacherLlm(llm_dir, device=config.models.llm_device, threads=config.models.threads)
+    builder = WarmupBuilder(slm, llm, config.warmup, seed=config.seed)
+    run_warmup(config, questions, Path(config.out_dir) / f"warmup-{config.warmup.mode}", builder)
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from training.sft import run_sft
+
+    config = _config(args)
+    data = args.data or Path(config.out_dir) / f"warmup-{config.warmup.mode}" / "examples.jsonl"
+    if not data.is_file():
+        raise UserError(f"no warm-up examples at {data} (run `relay train warmup` first or pass --data)")
+    run_sft(config, data, Path(config.out_dir) / "sft")
+    return 0
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from training.grpo import run_grpo
+
+    config = _config(args)
+    adapter = args.adapter or Path(config.out_dir) / "sft" / "final"
+    run_grpo(
+        config, _questions(config, args.limit), Path(config.out_dir) / "grpo", adapter if adapter.is_dir() else None
     )
-    for quant in QUANTS if args.quant == "all" else (args.quant,):
-        path = ensure_onnx(slm_dir, cache_root(args.cache_dir), quant)
-        print(f"{quant}: {path}")
+    return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from training.ship import ship
+
+    config = _config(args)
+    adapter = args.adapter or Path(config.out_dir) / "grpo" / "final"
+    if not adapter.is_dir():
+        raise UserError(f"no adapter at {adapter} (train first or pass --adapter)")
+    print(ship(config, adapter, publish_as=args.publish))
     return 0

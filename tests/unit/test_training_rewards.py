@@ -1,0 +1,102 @@
+"""The reward table, scenario by scenario, and the per-group classification."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.rewards import (
+    AnswerOutcome,
+    call_ratio,
+    classify_group,
+    difficulty_reward,
+    group_rewards,
+    make_trl_reward,
+    simple_reward,
+)
+
+
+def out(correct: bool, llm: int = 0, total: int = 100, relays: int | None = None) -> AnswerOutcome:
+    return AnswerOutcome(correct, llm, total, relays if relays is not None else int(llm > 0))
+
+
+def test_rho_counts_tokens_received_not_requested() -> None:
+    # asked for 500 (the request is not in the outcome at all), received 12 of a 120-token answer
+    assert out(True, llm=12, total=120).rho == pytest.approx(0.1)
+    assert call_ratio(0, 0) == 0.0
+    assert call_ratio(50, 40) == 1.0  # capped
+
+
+def test_simple_reward() -> None:
+    assert simple_reward(out(True)) == 1.0
+    assert simple_reward(out(True, llm=25)) == pytest.approx(0.75)
+    assert simple_reward(out(False, llm=10)) == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize(
+    ("group", "scenario"),
+    [
+        ([out(True), out(False, llm=10)], "student_solvable"),
+        ([out(True, llm=10), out(True)], "student_solvable"),
+        ([out(True, llm=10), out(False)], "teacher_dependent"),
+        ([out(False, llm=10), out(False)], "teacher_unsolvable"),
+    ],
+)
+def test_classify_group(group, scenario) -> None:
+    assert classify_group(group) == scenario
+
+
+@pytest.mark.parametrize(
+    ("outcome", "scenario", "reward"),
+    [
+        # student-solvable: independence is worth 1.5; calling costs rho; wrong is 0
+        (out(True), "student_solvable", 1.5),
+        (out(True, llm=20), "student_solvable", 0.8),
+        (out(False), "student_solvable", 0.0),
+        (out(False, llm=20), "student_solvable", 0.0),
+        # teacher-dependent: stubbornness (wrong without calling) is -1
+        (out(True, llm=20), "teacher_dependent", 0.8),
+        (out(False), "teacher_dependent", -1.0),
+        (out(False, llm=20), "teacher_dependent", 0.0),
+        # teacher-unsolvable: calling is rewarded with rho (exploration)
+        (out(False, llm=30), "teacher_unsolvable", 0.3),
+        (out(False), "teacher_unsolvable", 0.0),
+    ],
+)
+def test_difficulty_reward_table(outcome, scenario, reward) -> None:
+    assert difficulty_reward(outcome, scenario) == pytest.approx(reward)
+
+
+def test_called_means_a_relay_even_if_it_brought_nothing() -> None:
+    failed_call = AnswerOutcome(False, llm_tokens=0, answer_tokens=50, relays=1)
+    assert failed_call.called and failed_call.rho == 0.0
+    assert difficulty_reward(failed_call, "teacher_dependent") == 0.0
+
+
+def test_groups_are_per_question_not_per_batch() -> None:
+    # Question a: one answer correct alone -> student-solvable. Question b: only a caller is
+    # correct -> teacher-dependent, so b's stubborn answer gets -1. A batch-level classification
+    # (the released code) would call everything student-solvable and give that answer 0.
+    ids = ["a", "b", "a", "b"]
+    outcomes = [out(True), out(True, llm=10), out(False), out(False)]
+    rewards, scenarios = group_rewards(ids, outcomes, "difficulty")
+    assert scenarios == ["student_solvable", "teacher_dependent", "student_solvable", "teacher_dependent"]
+    assert rewards == pytest.approx([1.5, 0.9, 0.0, -1.0])
+
+
+def test_trl_adapter_grades_and_logs() -> None:
+    logged: dict[str, float] = {}
+    reward = make_trl_reward("difficulty", grader=lambda text, gold: text.strip() == gold)
+    rewards = reward(
+        completions=["x"] * 3,
+        id=["q", "q", "q"],
+        answer=["7", "7", "7"],
+        answer_text=["7", "8", "7"],
+        llm_tokens=[0, 0, 5],
+        answer_tokens=[10, 10, 10],
+        relays=[0, 0, 1],
+        log_metric=lambda k, v: logged.__setitem__(k, v),
+    )
+    assert rewards == pytest.approx([1.5, 0.0, 0.5])
+    assert logged["relay/accuracy"] == pytest.approx(2 / 3)
+    assert logged["relay/llm_share"] == pytest.approx(5 / 30)
+    assert logged["relay/reward_student_solvable"] == pytest.approx(2 / 3)

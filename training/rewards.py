@@ -1,0 +1,140 @@
+"""RelayLLM's rewards as pure functions (METHOD.md §3.4), and their TRL adapters.
+
+ρ (the call ratio) is the LLM tokens the answer *received* divided by the answer's length in
+tokens (SLM tokens, commands and LLM tokens together), not the N requested: a call that asks for
+500 and gets 12 costs 12.
+
+- simple: r = 1(correct) − ρ
+- difficulty-aware, classified **per question group** (the G answers to one question; the paper's
+  released code classifies the whole batch, which makes nearly every group "student-solvable"):
+
+  | scenario | when | correct, no call | correct, called | wrong, no call | wrong, called |
+  |---|---|---|---|---|---|
+  | student_solvable | some answer is correct without calling | 1.5 | 1 − ρ | 0 | 0 |
+  | teacher_dependent | correct answers exist, all of them called | – | 1 − ρ | −1 | 0 |
+  | teacher_unsolvable | no answer is correct | – | – | 0 | ρ |
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Scenario = Literal["student_solvable", "teacher_dependent", "teacher_unsolvable"]
+INDEPENDENCE_BONUS = 1.5
+STUBBORN_PENALTY = -1.0
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    correct: bool
+    llm_tokens: int
+    """LLM tokens received into the answer."""
+    answer_tokens: int
+    relays: int
+
+    @property
+    def called(self) -> bool:
+        return self.relays > 0
+
+    @property
+    def rho(self) -> float:
+        return call_ratio(self.llm_tokens, self.answer_tokens)
+
+
+def call_ratio(llm_tokens: int, answer_tokens: int) -> float:
+    if answer_tokens <= 0:
+        return 0.0
+    return min(1.0, llm_tokens / answer_tokens)
+
+
+def simple_reward(outcome: AnswerOutcome) -> float:
+    return float(outcome.correct) - outcome.rho
+
+
+def classify_group(group: Sequence[AnswerOutcome]) -> Scenario:
+    if any(o.correct and not o.called for o in group):
+        return "student_solvable"
+    if any(o.correct for o in group):
+        return "teacher_dependent"
+    return "teacher_unsolvable"
+
+
+def difficulty_reward(outcome: AnswerOutcome, scenario: Scenario) -> float:
+    o = outcome
+    if scenario == "student_solvable":
+        if o.correct:
+            return INDEPENDENCE_BONUS if not o.called else 1.0 - o.rho
+        return 0.0
+    if scenario == "teacher_dependent":
+        if o.correct:
+            return 1.0 - o.rho
+        return STUBBORN_PENALTY if not o.called else 0.0
+    return o.rho if o.called else 0.0
+
+
+def group_rewards(
+    group_ids: Sequence[str], outcomes: Sequence[AnswerOutcome], kind: Literal["simple", "difficulty"]
+) -> tuple[list[float], list[Scenario | None]]:
+    """Rewards for a batch; answers are grouped by their question id, wherever they sit."""
+    if kind == "simple":
+        return [simple_reward(o) for o in outcomes], [None] * len(outcomes)
+    groups: dict[str, list[AnswerOutcome]] = defaultdict(list)
+    for gid, o in zip(group_ids, outcomes, strict=True):
+        groups[gid].append(o)
+    scenario = {gid: classify_group(g) for gid, g in groups.items()}
+    rewards = [difficulty_reward(o, scenario[gid]) for gid, o in zip(group_ids, outcomes, strict=True)]
+    return rewards, [scenario[gid] for gid in group_ids]
+
+
+def math_verify_grader(text: str, gold: str) -> bool:
+    from evaluation.grading import grade
+
+    try:
+        return grade(text, gold).correct
+    except Exception:  # an answer the grader cannot parse is not correct
+        return False
+
+
+def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_grader):
+    """A TRL reward function over the per-completion fields the relay rollout returns; `grader`
+    decides correctness (math-verify on the boxed answer, as evaluation does)."""
+
+    def relay_reward(
+        completions,
+        id,
+        answer,
+        answer_text,
+        llm_tokens,
+        answer_tokens,
+        relays,
+        log_metric=None,
+        **_,  # noqa: A002
+    ) -> list[float]:
+        outcomes = [
+            AnswerOutcome(grader(text, gold), int(lt), int(at), int(r))
+            for text, gold, lt, at, r in zip(answer_text, answer, llm_tokens, answer_tokens, relays, strict=True)
+        ]
+        rewards, scenarios = group_rewards(list(id), outcomes, kind)
+        if log_metric is not None:
+            _log_batch(log_metric, outcomes, rewards, scenarios)
+        return rewards
+
+    relay_reward.__name__ = f"relay_{kind}"
+    return relay_reward
+
+
+def _log_batch(log_metric, outcomes, rewards, scenarios) -> None:
+    n = max(len(outcomes), 1)
+    log_metric("relay/accuracy", sum(o.correct for o in outcomes) / n)
+    total = sum(o.answer_tokens for o in outcomes) or 1
+    log_metric("relay/llm_share", sum(o.llm_tokens for o in outcomes) / total)
+    log_metric("relay/relays_per_answer", sum(o.relays for o in outcomes) / n)
+    log_metric("relay/called_share", sum(o.called for o in outcomes) / n)
+    for name in ("student_solvable", "teacher_dependent", "teacher_unsolvable"):
+        picked = [r for r, s in zip(rewards, scenarios, strict=True) if s == name]
+        log_metric(f"relay/share_{name}", len(picked) / n)
+        if picked:
+            log_metric(f"relay/reward_{name}", sum(picked) / len(picked))

@@ -1,0 +1,145 @@
+"""`relay train sft`: the warm-up SFT with TRL's SFTTrainer and a peft LoRA adapter.
+
+Each warm-up example is tokenized the way the edge will see it: the chat-templated prompt (the
+edge's `Vocab`, so the template matches serving), then each segment's ids in order, then the EOS.
+The loss covers only assistant tokens the SLM writes itself (its text and its commands, and the
+EOS); the LLM's spliced tokens are fed but kept out of the loss unless `include_llm_tokens`,
+since at serving time they are given, not generated. TRL turns the `completion_mask` into labels.
+
+Resumable: checkpoints every `save_steps` under `<out>/checkpoints`, and a rerun continues from
+the last one. The adapter is published to `<out>/final` only when training finishes (written to
+a temporary folder and renamed), so a half-trained adapter is never taken as the result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from common.errors import UserError
+from edge.vocab import Vocab
+from training.config import LoraSection, TrainConfig
+from training.questions import EvalGuard, check_no_eval_leak
+from training.warmup import read_jsonl
+
+
+def encode_example(row: dict, vocab: Vocab, *, include_llm_tokens: bool) -> dict:
+    """input_ids and completion_mask (1 = in the loss) for one warm-up example."""
+    try:
+        prompt = vocab.encode_chat([{"role": "user", "content": row["prompt"]}])
+        ids, mask = list(prompt), [0] * len(prompt)
+        for seg in row["segments"]:
+            piece = vocab.encode(seg["text"])
+            learn = seg["source"] in ("slm", "command") or include_llm_tokens
+            ids += piece
+            mask += [int(learn)] * len(piece)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"malformed warm-up example {row.get('id', '?')!r}: {type(exc).__name__}: {exc}") from None
+    ids.append(vocab.eos_ids[0])
+    mask.append(1)
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def load_examples(path: Path, vocab: Vocab, *, include_llm_tokens: bool, max_length: int, guard: EvalGuard | None):
+    rows = list(read_jsonl(path))
+    if not rows:
+        raise UserError(f"no warm-up examples in {path}")
+    if guard is not None:
+        check_no_eval_leak([r.get("question", "") for r in rows], guard)
+    encoded = [encode_example(r, vocab, include_llm_tokens=include_llm_tokens) for r in rows]
+    kept = [e for e in encoded if len(e["input_ids"]) <= max_length]
+    if not kept:
+        raise UserError(f"every example is longer than sft.max_length={max_length}")
+    return kept, len(encoded) - len(kept)
+
+
+def lora_config(section: LoraSection):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=section.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def publish(src_save, final: Path) -> None:
+    """Save into `final.tmp`, then rename: `final` exists only when complete."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    src_save(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | None = None) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from models.supply import ensure_model
+
+    s = config.sft
+    slm_dir = ensure_model(config.models.slm, cache_dir=config.models.cache_dir)
+    vocab = Vocab.load(slm_dir)
+    guard = guard or EvalGuard.from_benchmarks(config.models.cache_dir)
+    rows, dropped = load_examples(
+        data, vocab, include_llm_tokens=s.include_llm_tokens, max_length=s.max_length, guard=guard
+    )
+    print(f"SFT on {len(rows)} examples from {data} ({dropped} longer than {s.max_length} tokens dropped)")
+    if config.models.threads:
+        torch.set_num_threads(config.models.threads)
+    tokenizer = AutoTokenizer.from_pretrained(slm_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(slm_dir, dtype=torch.float32)
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=s.epochs,
+        learning_rate=s.learning_rate,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        warmup_ratio=s.warmup_ratio,
+        max_length=s.max_length,
+        completion_only_loss=True,
+        logging_steps=1,
+        save_steps=s.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(s.lora) if s.use_lora else None,
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
+    final = out / "final"
+    publish(trainer.save_model, final)
+    summary = {
+        "examples": len(rows),
+        "dropped_too_long": dropped,
+        "steps": trainer.state.global_step,
+        "wall_s_this_sitting": round(time.perf_counter() - started, 1),
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "recipe": config.name,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"adapter: {final}  (steps {summary['steps']}, last loss {summary['losses'][-1:]})")
+    return final

@@ -1,0 +1,219 @@
+"""`relay train warmup`: build the warm-up SFT set (JSONL + datasheet), resumably.
+
+For each training question the SLM writes its own answer (onnxruntime, the edge's runtime), which
+is graded. Then, by mode (see `training/insertion.py`):
+
+- *paper*: random commands are inserted into the answer, whatever its grade;
+- *divergence*: a correct answer becomes a no-call example (the SLM should not call where it
+  manages alone); for a wrong one the LLM scores the answer with teacher forcing, and at the
+  earliest strong disagreements (up to `attempts` of them) the LLM's greedy span is spliced in
+  and the SLM continues; the first splice whose final answer is correct becomes the example.
+  Splices that do not fix the answer teach nothing about when to call, so they are dropped.
+
+Files in the output folder: `examples.jsonl` (one example per line), `progress.jsonl` (one line per
+question handled, whatever the outcome, so a restart skips it), `datasheet.json` / `datasheet.md`.
+Lines are appended and flushed one by one; a torn last line from a crash is ignored on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from evaluation.grading import grade
+from evaluation.prompts import messages_for, user_prompt
+from training.config import TrainConfig, WarmupSection
+from training.insertion import (
+    Segment,
+    agreement_n,
+    divergence_points,
+    divergence_segments,
+    paper_segments,
+    random_insertions,
+    round_up_n,
+    segments_text,
+)
+from training.questions import EvalGuard, Question, check_no_eval_leak
+
+EXAMPLES, PROGRESS = "examples.jsonl", "progress.jsonl"
+
+
+@dataclass
+class Outcome:
+    id: str
+    outcome: str
+    """no_call | relayed | inserted | unfixed | error"""
+    slm_correct: bool = False
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Rows of a JSONL file; a torn (partially written) last line is skipped."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def repair_jsonl(path: Path) -> None:
+    """Cut a torn last line (a crash mid-write) so that the next append starts on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def example_row(q: Question, mode: str, segments: list[Segment], calls: list[dict], slm_ok: bool, ok: bool) -> dict:
+    return {
+        "id": q.id,
+        "source": q.source,
+        "question": q.question,
+        "answer": q.answer,
+        "mode": mode,
+        "prompt": user_prompt(q.question),
+        "segments": [asdict(s) for s in segments],
+        "calls": calls,
+        "slm_correct": slm_ok,
+        "correct": ok,
+    }
+
+
+def _correct(text: str, gold: str) -> bool:
+    try:
+        return grade(text, gold).correct
+    except Exception:  # an ungradable answer is not a correct one
+        return False
+
+
+class WarmupBuilder:
+    """One question at a time; `slm` is a `LocalSlm`, `llm` a `TeacherLlm` (or None in paper mode)."""
+
+    def __init__(self, slm, llm, settings: WarmupSection, seed: int = 0, grader=None) -> None:
+        self.slm, self.llm, self.s, self.seed = slm, llm, settings, seed
+        self.correct = grader or _correct
+
+    def build(self, q: Question) -> tuple[dict | None, Outcome]:
+        t0 = time.perf_counter()
+        vocab = self.slm.vocab
+        prompt = vocab.encode_chat(messages_for(q.question))
+        rng = random.Random(f"{self.seed}/{q.id}")
+        answer, _ = self.slm.generate(prompt, self.s.max_new_tokens, self.s.temperature, rng.randrange(2**31))
+        text = vocab.decode(answer)
+        slm_ok = self.correct(text, q.answer)
+        if self.s.mode == "paper":
+            inserts = random_insertions(len(answer), rng, self.s.max_commands)
+            segments = paper_segments(answer, inserts, vocab.decode)
+            calls = [{"n": n, "at_token": pos, "answer_tokens": len(answer)} for pos, n in inserts]
+            row = example_row(q, "paper", segments, calls, slm_ok, slm_ok)
+            return row, Outcome(q.id, "inserted", slm_ok, time.perf_counter() - t0)
+        if slm_ok:
+            keep = rng.random() < self.s.keep_correct
+            row = example_row(q, "divergence", [Segment("slm", text)], [], True, True) if keep else None
+            return row, Outcome(q.id, "no_call" if keep else "skipped", True, time.perf_counter() - t0)
+        row, detail = self._splice(q, prompt, answer)
+        outcome = "relayed" if row else "unfixed"
+        return row, Outcome(q.id, outcome, False, time.perf_counter() - t0, detail)
+
+    def _splice(self, q: Question, prompt: list[int], answer: list[int]) -> tuple[dict | None, str]:
+        s, vocab = self.s, self.slm.vocab
+        scores = self.llm.score(prompt, answer)
+        points = divergence_points(
+            answer, scores, max_p_slm=s.max_p_slm, min_p_llm=s.min_p_llm, skip_first=s.skip_first
+        )
+        if not points:
+            return None, "no strong divergence"
+        for at in sorted(points[: 4 * s.attempts])[: s.attempts]:
+            context = prompt + answer[:at]
+            span = self.llm.greedy(context, s.max_span)
+            ended = bool(span) and span[-1] in self.llm.eos_ids
+            words = span[:-1] if ended else span
+            preds = self.slm.greedy_predictions(context, words) if words else []
+            n = round_up_n(agreement_n(words, preds, min_n=s.min_n, run=s.agree_run)) if words else 1
+            taken = span[:n]
+            llm_done = bool(taken) and taken[-1] in self.llm.eos_ids
+            budget = s.max_new_tokens - at - len(taken)
+            rest: list[int] = []
+            if not llm_done and budget > 0:
+                rest, _ = self.slm.generate(context + taken, budget, s.temperature, self.seed)
+            segments = divergence_segments(vocab.decode(answer[:at]), n, vocab.decode(taken), vocab.decode(rest))
+            if self.correct(segments_text(segments), q.answer):
+                calls = [{"n": n, "at_token": at, "answer_tokens": len(answer), "llm_tokens": len(taken)}]
+                return example_row(q, "divergence", segments, calls, False, True), ""
+        return None, f"{min(len(points), s.attempts)} splice(s) did not fix the answer"
+
+
+def run_warmup(config: TrainConfig, questions: list[Question], out: Path, builder: WarmupBuilder, *, say=print) -> dict:
+    """Handle every question not yet in `progress.jsonl`; refresh the datasheet; return it."""
+    check_no_eval_leak([q.question for q in questions], EvalGuard.from_benchmarks(config.models.cache_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(config.model_dump_json(indent=2) + "\n")
+    for name in (EXAMPLES, PROGRESS):
+        repair_jsonl(out / name)
+    done = {row["id"] for row in read_jsonl(out / PROGRESS)}
+    todo = [q for q in questions if q.id not in done]
+    say(f"warm-up ({config.warmup.mode}): {len(done)} questions done, {len(todo)} to go -> {out}")
+    from tqdm import tqdm
+
+    for q in tqdm(todo, desc="warm-up", unit="q", dynamic_ncols=True):
+        try:
+            row, outcome = builder.build(q)
+        except (UserError, ValueError, RuntimeError) as exc:  # one bad question does not end the run
+            row, outcome = None, Outcome(q.id, "error", detail=f"{type(exc).__name__}: {exc}")
+        if row is not None:
+            append_jsonl(out / EXAMPLES, row)
+        append_jsonl(out / PROGRESS, asdict(outcome))
+    sheet = datasheet(out)
+    say(f"{sheet['examples']} examples ({sheet['examples_with_calls']} with calls) in {out / EXAMPLES}")
+    return sheet
+
+
+def datasheet(out: Path) -> dict:
+    """Counts and insertion statistics of a warm-up folder, written as JSON and markdown."""
+    rows = list(read_jsonl(out / EXAMPLES))
+    progress = list(read_jsonl(out / PROGRESS))
+    calls = [c for r in rows for c in r["calls"]]
+    ns = [c["n"] for c in calls]
+    where = [c["at_token"] / max(c["answer_tokens"], 1) for c in calls]
+    llm_chars = sum(len(s["text"]) for r in rows for s in r["segments"] if s["source"] == "llm")
+    all_chars = sum(len(s["text"]) for r in rows for s in r["segments"]) or 1
+    sheet = {
+        "questions_handled": len(progress),
+        "outcomes": dict(Counter(p["outcome"] for p in progress)),
+        "slm_alone_correct": round(sum(p["slm_correct"] for p in progress) / max(len(progress), 1), 4),
+        "examples": len(rows),
+        "examples_by_source": dict(Counter(r["source"] for r in rows)),
+        "examples_with_calls": sum(bool(r["calls"]) for r in rows),
+        "calls_per_example": dict(sorted(Counter(len(r["calls"]) for r in rows).items())),
+        "n_median": statistics.median(ns) if ns else None,
+        "n_values": dict(sorted(Counter(ns).items())),
+        "call_position_median": round(statistics.median(where), 3) if where else None,
+        "llm_char_share": round(llm_chars / all_chars, 4),
+        "seconds_per_question": round(statistics.mean(p["seconds"] for p in progress), 1) if progress else None,
+    }
+    (out / "datasheet.json").write_text(json.dumps(sheet, indent=2) + "\n")
+    lines = ["# Warm-up datasheet", "", "| field | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sheet.items()]
+    (out / "datasheet.md").write_text("\n".join(lines) + "\n")
+    return sheet
