@@ -59,8 +59,11 @@ class WarmupSection(_Section):
     agree_run: int = Field(4, ge=1)
     """The SLM has taken over once its greedy predictions match this many LLM tokens in a row."""
     min_n: int = Field(4, ge=1)
-    attempts: int = Field(2, ge=1)
-    """Divergence points tried per wrong answer before giving up on it."""
+    relays: int = Field(2, ge=1)
+    """divergence: relays per wrong answer; a further one only while the answer is still wrong."""
+    keep_unfixed: bool = True
+    """Keep relayed examples whose final answer is still wrong: the command still sits where the
+    LLM disagreed, which is what the warm-up should teach; `correct` marks them in the data."""
     keep_correct: float = Field(1.0, ge=0, le=1)
     """Share of answers the SLM got right alone that become no-call examples."""
 

@@ -5,10 +5,11 @@ is graded. Then, by mode (see `training/insertion.py`):
 
 - *paper*: random commands are inserted into the answer, whatever its grade;
 - *divergence*: a correct answer becomes a no-call example (the SLM should not call where it
-  manages alone); for a wrong one the LLM scores the answer with teacher forcing, and at the
-  earliest strong disagreements (up to `attempts` of them) the LLM's greedy span is spliced in
-  and the SLM continues; the first splice whose final answer is correct becomes the example.
-  Splices that do not fix the answer teach nothing about when to call, so they are dropped.
+  manages alone); for a wrong one the LLM scores the answer with teacher forcing, the LLM's
+  greedy span is spliced in at the earliest strong disagreement and the SLM continues; while the
+  answer is still wrong the SLM's new text is scored again and relayed again (up to `relays`).
+  Every relayed example keeps its grade (`correct`): one that is still wrong has its commands
+  where the LLM disagreed, which is what the warm-up teaches; `keep_unfixed: false` drops them.
 
 Files in the output folder: `examples.jsonl` (one example per line), `progress.jsonl` (one line per
 question handled, whatever the outcome, so a restart skips it), `datasheet.json` / `datasheet.md`.
@@ -50,7 +51,7 @@ EXAMPLES, PROGRESS = "examples.jsonl", "progress.jsonl"
 class Outcome:
     id: str
     outcome: str
-    """no_call | relayed | inserted | unfixed | error"""
+    """no_call | skipped | relayed | relayed_wrong | unfixed | inserted | error"""
     slm_correct: bool = False
     seconds: float = 0.0
     detail: str = ""
@@ -133,35 +134,53 @@ class WarmupBuilder:
             row = example_row(q, "divergence", [Segment("slm", text)], [], True, True) if keep else None
             return row, Outcome(q.id, "no_call" if keep else "skipped", True, time.perf_counter() - t0)
         row, detail = self._splice(q, prompt, answer)
-        outcome = "relayed" if row else "unfixed"
+        outcome = "unfixed" if row is None else "relayed" if row["correct"] else "relayed_wrong"
+        if row is not None and not row["correct"] and not self.s.keep_unfixed:
+            row = None
         return row, Outcome(q.id, outcome, False, time.perf_counter() - t0, detail)
 
     def _splice(self, q: Question, prompt: list[int], answer: list[int]) -> tuple[dict | None, str]:
+        """Relay at the earliest strong disagreement; while the answer is still wrong, relay again in
+        what the SLM wrote after the splice, up to `relays` times."""
         s, vocab = self.s, self.slm.vocab
-        scores = self.llm.score(prompt, answer)
-        points = divergence_points(
-            answer, scores, max_p_slm=s.max_p_slm, min_p_llm=s.min_p_llm, skip_first=s.skip_first
-        )
-        if not points:
-            return None, "no strong divergence"
-        for at in sorted(points[: 4 * s.attempts])[: s.attempts]:
-            context = prompt + answer[:at]
+        context, own = list(prompt), list(answer)  # `own`: the SLM's latest run of tokens
+        segments: list[Segment] = []
+        calls: list[dict] = []
+        for _ in range(s.relays):
+            scores = self.llm.score(context, own)
+            points = divergence_points(
+                own, scores, max_p_slm=s.max_p_slm, min_p_llm=s.min_p_llm, skip_first=s.skip_first
+            )
+            if not points:
+                break
+            at = min(points[:4])  # the earliest of the strongest few: before the error spreads
+            context += own[:at]
             span = self.llm.greedy(context, s.max_span)
             ended = bool(span) and span[-1] in self.llm.eos_ids
             words = span[:-1] if ended else span
             preds = self.slm.greedy_predictions(context, words) if words else []
             n = round_up_n(agreement_n(words, preds, min_n=s.min_n, run=s.agree_run)) if words else 1
             taken = span[:n]
-            llm_done = bool(taken) and taken[-1] in self.llm.eos_ids
-            budget = s.max_new_tokens - at - len(taken)
-            rest: list[int] = []
-            if not llm_done and budget > 0:
-                rest, _ = self.slm.generate(context + taken, budget, s.temperature, self.seed)
-            segments = divergence_segments(vocab.decode(answer[:at]), n, vocab.decode(taken), vocab.decode(rest))
-            if self.correct(segments_text(segments), q.answer):
-                calls = [{"n": n, "at_token": at, "answer_tokens": len(answer), "llm_tokens": len(taken)}]
-                return example_row(q, "divergence", segments, calls, False, True), ""
-        return None, f"{min(len(points), s.attempts)} splice(s) did not fix the answer"
+            segments += divergence_segments(vocab.decode(own[:at]), n, vocab.decode(taken), "")
+            calls.append(
+                {"n": n, "at_token": len(context) - len(prompt), "answer_tokens": len(answer), "llm_tokens": len(taken)}
+            )
+            context += taken
+            own = []
+            budget = s.max_new_tokens - (len(context) - len(prompt))
+            if (taken and taken[-1] in self.llm.eos_ids) or budget <= 0:
+                break
+            own, _ = self.slm.generate(context, budget, s.temperature, self.seed)
+            if self.correct(segments_text([*segments, Segment("slm", vocab.decode(own))]), q.answer):
+                break
+        if not calls:
+            return None, "no strong divergence"
+        if own:
+            segments.append(Segment("slm", vocab.decode(own)))
+        ok = self.correct(segments_text(segments), q.answer)
+        return example_row(
+            q, "divergence", segments, calls, False, ok
+        ), "" if ok else f"{len(calls)} relay(s), still wrong"
 
 
 def run_warmup(config: TrainConfig, questions: list[Question], out: Path, builder: WarmupBuilder, *, say=print) -> dict:
