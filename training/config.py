@@ -54,6 +54,9 @@ class WarmupSection(_Section):
     min_p_llm: float = Field(0.5, gt=0, lt=1)
     """...and its own preferred token at least this one."""
     skip_first: int = Field(8, ge=0)
+    divergence_on: Literal["math", "any"] = "math"
+    """math: only disagreements where either model's token holds a digit or an operator count
+    (on real answers most strong disagreements are wording, which is not worth a call)."""
     max_span: int = Field(40, ge=1)
     """Most LLM tokens spliced per command (N is rounded up to d*10^k and stays <= this)."""
     agree_run: int = Field(4, ge=1)

@@ -74,6 +74,14 @@ class TokenScore:
     llm_top_p: float
 
 
+MATH_CHARS = frozenset("0123456789=+-*/^%<>\\×÷√π")
+
+
+def is_math_token(token: bytes) -> bool:
+    """A token that carries a number or an operator: where arithmetic goes right or wrong."""
+    return any(ch in MATH_CHARS for ch in token.decode("utf-8", "ignore"))
+
+
 def divergence_points(
     slm_ids: Sequence[int],
     scores: Sequence[TokenScore],
@@ -81,15 +89,19 @@ def divergence_points(
     max_p_slm: float = 0.1,
     min_p_llm: float = 0.5,
     skip_first: int = 8,
+    content: Callable[[int], bool] | None = None,
 ) -> list[int]:
     """Token positions where the LLM strongly disagrees with the SLM, strongest first.
 
     Strong disagreement: the LLM gives the SLM's token at most `max_p_slm` and its own choice at
-    least `min_p_llm`. The first `skip_first` tokens (the opening phrase) are never chosen.
+    least `min_p_llm`. The first `skip_first` tokens (the opening phrase) are never chosen. With
+    `content`, only positions where the SLM's token or the LLM's choice passes it count (the two
+    models disagree on wording all the time; what is worth a call is a number or a step).
     """
     found = []
     for pos, (tid, s) in enumerate(zip(slm_ids, scores, strict=True)):
-        if pos >= skip_first and s.llm_top_id != tid and s.p_slm_token <= max_p_slm and s.llm_top_p >= min_p_llm:
+        strong = s.llm_top_id != tid and s.p_slm_token <= max_p_slm and s.llm_top_p >= min_p_llm
+        if pos >= skip_first and strong and (content is None or content(tid) or content(s.llm_top_id)):
             found.append((s.p_slm_token - s.llm_top_p, pos))
     return [pos for _, pos in sorted(found)]
 

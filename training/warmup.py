@@ -37,6 +37,7 @@ from training.insertion import (
     agreement_n,
     divergence_points,
     divergence_segments,
+    is_math_token,
     paper_segments,
     random_insertions,
     round_up_n,
@@ -143,13 +144,15 @@ class WarmupBuilder:
         """Relay at the earliest strong disagreement; while the answer is still wrong, relay again in
         what the SLM wrote after the splice, up to `relays` times."""
         s, vocab = self.s, self.slm.vocab
+        table = vocab.token_bytes
+        content = (lambda tid: is_math_token(table[tid])) if s.divergence_on == "math" else None
         context, own = list(prompt), list(answer)  # `own`: the SLM's latest run of tokens
         segments: list[Segment] = []
         calls: list[dict] = []
         for _ in range(s.relays):
             scores = self.llm.score(context, own)
             points = divergence_points(
-                own, scores, max_p_slm=s.max_p_slm, min_p_llm=s.min_p_llm, skip_first=s.skip_first
+                own, scores, max_p_slm=s.max_p_slm, min_p_llm=s.min_p_llm, skip_first=s.skip_first, content=content
             )
             if not points:
                 break

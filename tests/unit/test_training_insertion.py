@@ -87,3 +87,19 @@ def test_divergence_segments_order() -> None:
     segs = divergence_segments("So ", 20, "3*4=12", " then 10")
     assert [s.source for s in segs] == ["slm", "command", "llm", "slm"]
     assert segments_text(segs) == "So <call>20</call>3*4=12 then 10"
+
+
+def test_content_filter_keeps_disagreements_on_numbers() -> None:
+    from training.insertion import is_math_token
+
+    assert is_math_token(b" 14") and is_math_token(b"=") and not is_math_token(b" steps")
+    slm = list(b"ab7d")
+    scores = [
+        score(0.01, ord("x"), 0.9),
+        score(0.01, ord("y"), 0.9),
+        score(0.01, ord("2"), 0.9),
+        score(0.01, ord("z"), 0.9),
+    ]
+    math = lambda tid: is_math_token(bytes([tid]))  # noqa: E731
+    assert divergence_points(slm, scores, skip_first=0, content=math) == [2]
+    assert sorted(divergence_points(slm, scores, skip_first=0)) == [0, 1, 2, 3]
