@@ -121,7 +121,9 @@ class TransformersBackend(LlmBackend):
             model = _keep_faster_cpu_dtype(model)
         torch_dtype = model.dtype
         config = model.config
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # The GGUF-built Qwen tokenizer trips transformers' Mistral-regex heuristic; its pre-tokenizer
+        # was checked and is Qwen2's, so say so explicitly (no correction, no spurious warning).
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, fix_mistral_regex=False)
         eos = model.generation_config.eos_token_id
         eos_ids = [*(eos if isinstance(eos, list) else [eos] if eos is not None else [])]
         if tokenizer.eos_token_id is not None:

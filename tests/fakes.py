@@ -105,6 +105,9 @@ def run_machine(
         if isinstance(action, Decode):
             assert action.feed, "the machine must always feed something new"
             slm.fed += action.feed
+            # What the SLM holds must be the prompt plus the answer so far, in order: a feed that
+            # repeats or skips tokens corrupts its cache.
+            assert slm.fed == machine.prompt_ids + machine.answer_ids, "feed continuity broken"
             events, action = machine.on_logits(slm.logits(machine.answer_sources.count("slm")))
             continue
         run.calls.append(action)

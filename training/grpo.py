@@ -181,7 +181,7 @@ def run_grpo(
     if not kept:
         raise UserError("no question passed the teacher filter; lower grpo.teacher_min_pass or add questions")
     rows = [{"prompt": messages_for(q.question), "id": q.id, "answer": q.answer} for q in kept]
-    tokenizer = AutoTokenizer.from_pretrained(slm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(slm_dir, fix_mistral_regex=False)  # see cloud/backend.py
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     args = GRPOConfig(

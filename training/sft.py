@@ -99,7 +99,7 @@ def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | No
     print(f"SFT on {len(rows)} examples from {data} ({dropped} longer than {s.max_length} tokens dropped)")
     if config.models.threads:
         torch.set_num_threads(config.models.threads)
-    tokenizer = AutoTokenizer.from_pretrained(slm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(slm_dir, fix_mistral_regex=False)  # see cloud/backend.py
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(slm_dir, dtype=torch.float32)

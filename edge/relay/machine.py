@@ -103,6 +103,9 @@ class RelayMachine:
         self._llm_eos = False
         self._rng = np.random.default_rng(settings.seed)
         self._tail = b""  # last bytes of the SLM's text, for the command mask
+        self._last_logits: np.ndarray | None = None
+        """The SLM's logits for the next position, kept so that a relay that fails before any LLM
+        token lets the SLM go on from them instead of being fed anything again."""
         self.finished: Finish | None = None
 
     # -- public API -------------------------------------------------------------------------
@@ -116,6 +119,7 @@ class RelayMachine:
     def on_logits(self, logits: np.ndarray) -> Step:
         if self.remaining <= 0:
             return self._finish([], "max_tokens")
+        self._last_logits = logits
         trigger = self._policy_trigger(logits)
         if trigger is not None:
             return self._call([], self.settings.fixed_n, trigger)
@@ -159,9 +163,14 @@ class RelayMachine:
         if self.remaining <= 0:
             return self._finish(events, "max_tokens")
         feed = self._take_feed()
-        if not feed:  # cloud-only failed before any token: the SLM starts from the prompt
-            feed = list(self.prompt_ids)
-        return events, Decode(feed)
+        if feed:  # the command's last token, the LLM's tokens, or (cloud-only) the prompt
+            return events, Decode(feed)
+        if self._last_logits is None:  # nothing ever reached the SLM: start from the prompt
+            return events, Decode(list(self.prompt_ids))
+        # A controller relay (entropy/random) failed before any LLM token: everything is already in
+        # the SLM's cache, so sample from the logits it had (the cloud is off now: no trigger).
+        more, action = self.on_logits(self._last_logits)
+        return events + more, action
 
     def disable_cloud(self, reason: str) -> None:
         self.cloud_reason = reason

@@ -165,6 +165,18 @@ def test_entropy_policy_calls_on_low_confidence_and_discards_that_sample() -> No
     assert run.kinds(RelayStarted)[0].trigger == "entropy"
 
 
+@pytest.mark.parametrize("policy", ["entropy", "random"])
+def test_failed_controller_relay_continues_from_the_logits_it_had(policy: str) -> None:
+    # The relay fails before any LLM token: the SLM goes on as if no relay was tried, without the
+    # prompt being fed again into its (already prefilled) cache. run_machine checks continuity.
+    slm = ScriptedSlm(encode("abcdef"), uncertain=frozenset({2}))
+    settings = RelaySettings(policy=policy, entropy_tau=0.5, random_rate=1.0, fixed_n=3)
+    run = run_machine(slm, [], settings, cloud_fails_at=1)
+    assert len(run.calls) == 1 and run.answer == "abcdef"
+    assert slm.fed == PROMPT + encode("abcdef")
+    assert run.finish is not None and run.finish.reason == "eos"
+
+
 def test_random_policy_is_seeded() -> None:
     settings = RelaySettings(policy="random", random_rate=0.3, fixed_n=1, seed=7)
     replies = [(encode("R"), "length")] * 50
