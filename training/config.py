@@ -114,6 +114,8 @@ class GrpoSection(_Section):
     """k: LLM samples per question for the pass-rate filter."""
     teacher_min_pass: float = Field(0.5, ge=0, le=1)
     save_steps: int = Field(5, ge=1)
+    lockstep: bool = True
+    """Batch the policy forwards of a question's G answers (training/lockstep.py); off: batch 1."""
     cloud: str = "in-process"
     """in-process: the LLM runs in this process; host:port: a running `relay cloud serve`."""
     lora: LoraSection = LoraSection()

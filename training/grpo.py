@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.errors import UserError
@@ -27,51 +28,98 @@ from edge.relay.settings import RelaySettings
 from edge.vocab import Vocab
 from evaluation.prompts import messages_for
 from training.config import TrainConfig
+from training.lockstep import LockstepBatcher, SlotLink, run_lockstep
 from training.questions import EvalGuard, Question, check_no_eval_leak
 from training.rewards import make_trl_reward
-from training.rollout import TorchSlm, run_rollout
+from training.rollout import Rollout, TorchSlm, run_rollout
 from training.sft import last_checkpoint, lora_config, publish
 from training.warmup import append_jsonl, read_jsonl, repair_jsonl
 
 
 class RelayRollouts:
-    """TRL `rollout_func`: one relay answer per prompt entry, through the serving loop."""
+    """TRL `rollout_func`: one relay answer per prompt entry, through the serving loop.
 
-    def __init__(self, vocab: Vocab, link, settings: RelaySettings, *, include_llm_tokens: bool, num_generations: int):
-        self.vocab, self.link, self.settings = vocab, link, settings
+    With `lockstep`, the answers to one question (consecutive entries) run together, their policy
+    forwards batched (`training/lockstep.py`); otherwise one after the other at batch 1.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        link_factory: Callable[[], object],
+        settings: RelaySettings,
+        *,
+        include_llm_tokens: bool,
+        num_generations: int,
+        lockstep: bool = True,
+    ):
+        self.vocab, self.link_factory, self.settings = vocab, link_factory, settings
         self.include_llm_tokens = include_llm_tokens
         self.num_generations = num_generations
+        self.lockstep = lockstep
         self.calls = 0
 
     def __call__(self, prompts: list, trainer) -> dict:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
-        engine = RelayEngine(TorchSlm(model), self.vocab, self.link, cloud_state="connected")
         # TRL hands this process's prompts as the sampler made them: each question G times in a
         # row. If it ever passes each question once, answer it G times instead.
-        expected = len(prompts) if _repeated(prompts, self.num_generations) else len(prompts) * self.num_generations
-        entries = prompts if expected == len(prompts) else [p for p in prompts for _ in range(self.num_generations)]
-        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
-        extra: dict[str, list] = {k: [] for k in ("answer_text", "llm_tokens", "answer_tokens", "relays")}
+        g = self.num_generations
+        entries = prompts if _repeated(prompts, g) else [p for p in prompts for _ in range(g)]
         try:
-            for messages in entries:
-                self.calls += 1
-                settings = self.settings.model_copy(update={"seed": self.settings.seed + self.calls})
-                r = run_rollout(engine, _as_messages(messages), settings, include_llm_tokens=self.include_llm_tokens)
-                if not r.completion_ids:  # TRL needs at least one token per completion
-                    r.completion_ids, r.env_mask, r.logprobs = [self.vocab.eos_ids[0]], [1], [0.0]
-                out["prompt_ids"].append(r.prompt_ids)
-                out["completion_ids"].append(r.completion_ids)
-                out["logprobs"].append(r.logprobs)
-                out["env_mask"].append(r.env_mask)
-                extra["answer_text"].append(r.text)
-                extra["llm_tokens"].append(r.llm_tokens)
-                extra["answer_tokens"].append(r.answer_tokens)
-                extra["relays"].append(r.relays)
+            rollouts = []
+            for start in range(0, len(entries), g):
+                group = [_as_messages(m) for m in entries[start : start + g]]
+                rollouts += self._group(model, group)
         finally:
             model.train(was_training)
-        return out | extra
+        return _trl_fields(rollouts, self.vocab.eos_ids[0])
+
+    def _settings(self) -> RelaySettings:
+        self.calls += 1
+        return self.settings.model_copy(update={"seed": self.settings.seed + self.calls})
+
+    def _group(self, model, group: list[list[dict]]) -> list[Rollout]:
+        settings = [self._settings() for _ in group]
+        if not self.lockstep:
+            out = []
+            for messages, s in zip(group, settings, strict=True):
+                link = self.link_factory()
+                try:
+                    engine = RelayEngine(TorchSlm(model), self.vocab, link, cloud_state="connected")
+                    out.append(run_rollout(engine, messages, s, include_llm_tokens=self.include_llm_tokens))
+                finally:
+                    link.close()
+            return out
+        batcher = LockstepBatcher(model, len(group), pad_id=self.vocab.eos_ids[0])
+
+        def job(i: int) -> Rollout:
+            link = SlotLink(self.link_factory(), batcher, i)
+            try:
+                engine = RelayEngine(batcher.slot(i), self.vocab, link, cloud_state="connected")
+                return run_rollout(engine, group[i], settings[i], include_llm_tokens=self.include_llm_tokens)
+            finally:
+                link.close()
+
+        return run_lockstep([job] * len(group), batcher)
+
+
+def _trl_fields(rollouts: list[Rollout], eos: int) -> dict:
+    out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
+    out |= {k: [] for k in ("answer_text", "llm_tokens", "answer_tokens", "relays")}
+    for r in rollouts:
+        if not r.completion_ids:  # TRL needs at least one token per completion
+            r.completion_ids, r.env_mask, r.logprobs = [eos], [1], [0.0]
+        out["prompt_ids"].append(r.prompt_ids)
+        out["completion_ids"].append(r.completion_ids)
+        out["logprobs"].append(r.logprobs)
+        out["env_mask"].append(r.env_mask)
+        out["answer_text"].append(r.text)
+        out["llm_tokens"].append(r.llm_tokens)
+        out["answer_tokens"].append(r.answer_tokens)
+        out["relays"].append(r.relays)
+    return out
 
 
 def _repeated(prompts: list, g: int) -> bool:
@@ -118,8 +166,9 @@ def teacher_filter(questions: list[Question], engine: RelayEngine, config: Train
 # ----------------------------------------------------------------------------- training
 
 
-def _llm_link(config: TrainConfig, vocab_dir: Path):
-    """The LLM for rollouts: in this process (the cloud's backend) or a running cloud over gRPC."""
+def _llm_links(config: TrainConfig, vocab_dir: Path) -> Callable[[], object]:
+    """A factory of LLM links for rollouts (one per answer): the cloud's backend in this process
+    (one model, a KV cache per link) or a running cloud over gRPC (a session per link)."""
     from models.supply import ensure_model
 
     address = config.grpo.cloud
@@ -128,20 +177,25 @@ def _llm_link(config: TrainConfig, vocab_dir: Path):
         from training.rollout import InProcessLink
 
         llm_dir = ensure_model(config.models.llm, cache_dir=config.models.cache_dir)
-        return InProcessLink(
-            TransformersBackend.load(llm_dir, device=config.models.llm_device, threads=config.models.threads)
-        )
+        backend = TransformersBackend.load(llm_dir, device=config.models.llm_device, threads=config.models.threads)
+        return lambda: InProcessLink(backend)
     import os
 
     from edge.cloud_link import CloudError, CloudLink
     from models.identity import tokenizer_sha256
 
-    link = CloudLink(address, token=os.environ.get("RELAY_CLOUD_TOKEN"), timeout_s=600)
-    try:
-        link.connect(tokenizer_sha256(vocab_dir))
-    except CloudError as exc:
-        raise UserError(f"GRPO needs the LLM: {exc}") from None
-    return link
+    digest = tokenizer_sha256(vocab_dir)
+
+    def connect() -> CloudLink:
+        link = CloudLink(address, token=os.environ.get("RELAY_CLOUD_TOKEN"), timeout_s=600)
+        try:
+            link.connect(digest)
+        except CloudError as exc:
+            raise UserError(f"GRPO needs the LLM: {exc}") from None
+        return link
+
+    connect().close()  # fail now, not at the first rollout
+    return connect
 
 
 def run_grpo(
@@ -171,12 +225,12 @@ def run_grpo(
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
         peft_config = None
         print(f"GRPO from the warm-up adapter {adapter}")
-    link = _llm_link(config, slm_dir)
+    links = _llm_links(config, slm_dir)
     settings = RelaySettings(
         policy="learned", max_relays=g.max_relays, max_new_tokens=g.max_new_tokens, max_n=g.max_n,
         temperature=g.temperature, seed=config.seed,
     )  # fmt: skip
-    filter_engine = RelayEngine(TorchSlm(model), vocab, link, cloud_state="connected")
+    filter_engine = RelayEngine(TorchSlm(model), vocab, links(), cloud_state="connected")
     kept = teacher_filter(questions, filter_engine, config, out)
     if not kept:
         raise UserError("no question passed the teacher filter; lower grpo.teacher_min_pass or add questions")
@@ -206,7 +260,12 @@ def run_grpo(
         dataloader_num_workers=0,
     )
     rollouts = RelayRollouts(
-        vocab, link, settings, include_llm_tokens=g.include_llm_tokens, num_generations=g.group_size
+        vocab,
+        links,
+        settings,
+        include_llm_tokens=g.include_llm_tokens,
+        num_generations=g.group_size,
+        lockstep=g.lockstep,
     )
     trainer = GRPOTrainer(
         model=model,

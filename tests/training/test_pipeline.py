@@ -279,3 +279,34 @@ def test_a_merge_that_does_not_fit_is_one_clear_error(tiny_pair, tmp_path, recip
     adapter = run_sft(recipe, data, tmp_path / "sft", guard=NO_GUARD)
     with pytest.raises(UserError, match="does not merge"):
         merge_adapter(tiny_pair[1], adapter, tmp_path / "merged")  # the LLM: other shapes
+
+
+def test_lockstep_group_equals_answers_run_one_by_one(tiny_pair, tiny_onnx) -> None:
+    """G answers with relays at different points (so feeds of different lengths share a batch)
+    come out exactly as when each runs alone at batch 1."""
+    from transformers import AutoModelForCausalLM
+
+    from training.lockstep import LockstepBatcher, SlotLink, run_lockstep
+    from training.rollout import InProcessLink, TorchSlm, run_rollout
+
+    slm_dir, llm_dir = tiny_pair
+    vocab = Vocab.load(tiny_onnx)
+    policy = AutoModelForCausalLM.from_pretrained(slm_dir, dtype=torch.float32).eval()
+    backend = tiny_backend(llm_dir)
+    messages = [{"role": "user", "content": "Tom has 3 boxes with 4 apples in each box."}]
+    group = [
+        RelaySettings(policy="random", random_rate=0.2, fixed_n=2 + i, max_relays=3, max_new_tokens=30, seed=i)
+        for i in range(4)
+    ]
+    alone = [run_rollout(RelayEngine(TorchSlm(policy), vocab, InProcessLink(backend)), messages, s) for s in group]
+    batcher = LockstepBatcher(policy, len(group), pad_id=vocab.eos_ids[0])
+
+    def job(i: int):
+        engine = RelayEngine(batcher.slot(i), vocab, SlotLink(InProcessLink(backend), batcher, i))
+        return run_rollout(engine, messages, group[i])
+
+    together = run_lockstep([job] * len(group), batcher)
+    assert sum(r.relays for r in alone) >= 2
+    assert [r.completion_ids for r in together] == [r.completion_ids for r in alone]
+    assert [r.env_mask for r in together] == [r.env_mask for r in alone]
+    assert batcher.batches < sum(len(r.completion_ids) for r in alone)  # it did batch
