@@ -74,6 +74,8 @@ class CostRecord:
     fallbacks: list[str] = field(default_factory=list)
     """Why the SLM had to continue alone (cloud unavailable, budget, ...)."""
     wall_ms: float = 0.0
+    finish: str = ""
+    """Why the answer ended: eos, llm_eos, max_tokens (the answer-token limit cut it), ..."""
     money: float = 0.0
     money_llm_only: float = 0.0
     """Counterfactual: the same prompt and answer length written by the cloud LLM alone."""
@@ -159,6 +161,8 @@ class RunCost:
     edge_ms: float = 0.0
     cloud_ms: float = 0.0
     wall_ms: float = 0.0
+    finish: str = ""
+    """Why the answer ended: eos, llm_eos, max_tokens (the answer-token limit cut it), ..."""
     money: float = 0.0
     money_llm_only: float = 0.0
     fallbacks: int = 0

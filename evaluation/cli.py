@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     report = sub.add_parser("report", help="rewrite summary.json/.md and pareto.png of a run")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--baseline", type=Path, help="run dir whose never/cloud-only rows are the SLM/LLM ends")
     report.set_defaults(func=cmd_report)
 
 
@@ -115,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evaluation.report import summary_markdown, write_report
 
-    summary = write_report(args.run_dir)
+    summary = write_report(args.run_dir, args.baseline)
     print(summary_markdown(summary))
     print(f"plot: {args.run_dir / 'pareto.png'}")
     return 0

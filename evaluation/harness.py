@@ -264,6 +264,7 @@ def summarize(rows: list[dict]) -> dict:
         "money_per_answer": _mean(c["money"] for c in costs),
         "money_llm_only_per_answer": _mean(c["money_llm_only"] for c in costs),
         "fallbacks": sum(len(c["fallbacks"]) for c in costs),
+        "hit_limit_share": _mean(float(c.get("finish") == "max_tokens") for c in costs),
     }
 
 

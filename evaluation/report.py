@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from common.errors import UserError
 from evaluation import baselines
 from evaluation.harness import load_run
 
@@ -19,9 +20,20 @@ SLM, LLM = "never", "cloud-only"
 ROUTER_ROW = "random-query (computed)"
 
 
-def build_summary(run_dir: Path) -> dict:
-    """Per-policy summaries plus the router baseline and each policy's comparison with it."""
+def build_summary(run_dir: Path, baseline: Path | None = None) -> dict:
+    """Per-policy summaries plus the router baseline and each policy's comparison with it.
+
+    `baseline`: another run directory over the same problems (e.g. the bundled SLM, when this run
+    evaluates a trained one). Its policies are listed with a `base:` prefix, and its `never` and
+    `cloud-only` are the SLM and LLM ends that gap and router figures are measured against."""
     manifest, policies = load_run(run_dir)
+    ends = (SLM, LLM)
+    if baseline is not None:
+        base_manifest, base_policies = load_run(baseline)
+        if base_manifest["problem_ids"] != manifest["problem_ids"]:
+            raise UserError(f"baseline {baseline} evaluates other problems than {run_dir}")
+        policies = {f"base:{k}": v for k, v in base_policies.items()} | policies
+        ends = (f"base:{SLM}", f"base:{LLM}")
     out: dict = {
         "benchmark": manifest["benchmark"],
         "slice": manifest["slice"],
@@ -30,7 +42,7 @@ def build_summary(run_dir: Path) -> dict:
         "router": None,
         "comparisons": {},
     }
-    slm, llm = policies.get(SLM), policies.get(LLM)
+    slm, llm = policies.get(ends[0]), policies.get(ends[1])
     if slm and llm and slm["graded"] and llm["graded"]:
         share = policies["learned"]["llm_share"] if "learned" in policies else None
         out["router"] = {
@@ -51,7 +63,7 @@ def _signed_pct(value: float | None) -> str:
 
 COLUMNS = (
     "policy | n | errors | accuracy % | LLM share % | relays/ans | KB up/ans | KB down/ans | latency s/ans"
-    " | edge s/ans | cloud s/ans | $ per 1k ans | LLM-only $ per 1k | gap recovered % | vs router pp"
+    " | edge s/ans | cloud s/ans | $ per 1k ans | LLM-only $ per 1k | gap recovered % | vs router pp | hit limit %"
 )
 
 
@@ -72,6 +84,7 @@ def _policy_row(label: str, s: Mapping, cmp: Mapping) -> str:
         f"{1000 * s['money_llm_only_per_answer']:.4f}",
         _pct(cmp.get("gap_recovered")),
         _signed_pct(cmp.get("advantage_over_router")),
+        _pct(s.get("hit_limit_share")),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -92,13 +105,14 @@ def summary_markdown(summary: Mapping) -> str:
         lines.append(
             f"| {ROUTER_ROW} | – | – | {_pct(router['accuracy'])} | {100 * router['llm_share']:.2f} | "
             + " | ".join([empty] * 6)
-            + f" | {1000 * router['money_per_answer']:.4f} | – | – | – |"
+            + f" | {1000 * router['money_per_answer']:.4f} | – | – | – | – |"
         )
     lines += [
         "",
         "accuracy over graded rows; errors counted apart. LLM share = LLM-written answer tokens / all "
         "answer tokens. gap recovered = (acc − acc_SLM)/(acc_LLM − acc_SLM). vs router = accuracy minus "
-        "the query-level random router's at the same LLM share (percentage points).",
+        "the query-level random router's at the same LLM share (percentage points). hit limit = answers "
+        "cut by the answer-token limit.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -143,9 +157,9 @@ def pareto_plot(summary: Mapping, path: Path) -> Path:
     return path
 
 
-def write_report(run_dir: Path) -> dict:
+def write_report(run_dir: Path, baseline: Path | None = None) -> dict:
     """Write summary.json, summary.md and pareto.png into the run directory; return the summary."""
-    summary = build_summary(run_dir)
+    summary = build_summary(run_dir, baseline)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (run_dir / "summary.md").write_text(summary_markdown(summary))
     pareto_plot(summary, run_dir / "pareto.png")

@@ -194,6 +194,7 @@ class AnswerStream:
             elif isinstance(event, RelayStarted):
                 self.record.relays.append(RelayCost(event.n_requested, event.n_granted))
             elif isinstance(event, AnswerFinished):
+                self.record.finish = event.reason
                 self._add_span(self._last_source(), self._detok.flush())
             yield event
 

@@ -210,6 +210,7 @@ class ScriptedAnswerer:
             raise ConnectionError("cloud went away")
         llm = {"never": 0, "cloud-only": 10}.get(settings.policy, 1)
         record = CostRecord(prompt_tokens=5, slm_tokens=10 - llm, llm_tokens=llm, wall_ms=100.0)
+        record.finish = "max_tokens" if pid == "2" and settings.policy == "never" else "eos"
         if 0 < llm < 10:
             record.relays.append(RelayCost(n_requested=1, tokens_received=1, bytes_up=30, cloud_decode_tokens=1))
         record.money = 1e-6 * llm
@@ -383,6 +384,35 @@ def test_suite_report_and_plot(tmp_path: Path) -> None:
     assert {pid for _, pid in answerer.calls} == {"3"}  # only the failed answers are retried
     with pytest.raises(UserError, match="holds a gsm8k run"):
         run_suite(answerer, _problems(1), labels, RelaySettings(), tmp_path, benchmark="math500", slice_name="dev")
+
+
+def test_report_against_a_baseline_run_and_the_answer_limit_share(tmp_path: Path) -> None:
+    """A trained SLM's run is measured against the bundled SLM's never / cloud-only (baseline)."""
+    base, trained = tmp_path / "base", tmp_path / "trained"
+    for folder, labels, right in ((base, "never,cloud-only", {"0"}), (trained, "never,learned", {"0", "1"})):
+        run_suite(
+            ScriptedAnswerer(slm_right=right),
+            _problems(4),
+            parse_policy_list(labels),
+            RelaySettings(),
+            folder,
+            benchmark="gsm8k",
+            slice_name="dev",
+            progress=False,
+        )
+    summary = write_report(trained, base)
+    policies = summary["policies"]
+    assert list(policies) == ["base:never", "base:cloud-only", "never", "learned"]
+    # The ends are the bundled SLM (1 of 4 right) and the LLM (4 of 4): the trained SLM alone
+    # (2 of 4) recovers a third of the gap.
+    assert summary["comparisons"]["never"]["gap_recovered"] == pytest.approx(1 / 3)
+    assert policies["base:never"]["hit_limit_share"] == pytest.approx(0.25)
+    assert "hit limit %" in (trained / "summary.md").read_text()
+    other = tmp_path / "other"
+    run_suite(ScriptedAnswerer(), _problems(3), ["never"], RelaySettings(), other, benchmark="gsm8k",
+              slice_name="dev", progress=False)  # fmt: skip
+    with pytest.raises(UserError, match="other problems"):
+        write_report(trained, other)
 
 
 def test_cli_run_end_to_end_with_a_fake_engine(
