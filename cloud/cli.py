@@ -16,19 +16,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="interface to bind")
     serve.add_argument("--port", type=int, help="port (0: pick a free one)")
     serve.add_argument("--llm", help="model name, hub id or directory")
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a bearer token")
     serve.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import logging
+
     from cloud.backend import TransformersBackend
-    from cloud.config import load_cloud_config
+    from cloud.config import load_cloud_config, security_mode
     from cloud.server import serve
 
     overrides = list(args.set)
     for key in ("host", "port", "llm"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
+    if args.insecure:
+        overrides.append("allow_insecure=true")
     config = load_cloud_config(args.config, overrides)
+    mode = security_mode(config)  # before loading the model: a refused start costs nothing
+    logging.getLogger("cloud").warning("serving: %s", mode)
     model_dir = resolve_llm_dir(config.llm, config.cache_dir)
     backend = TransformersBackend.load(
         model_dir,

@@ -52,6 +52,9 @@ class CloudConfig(BaseModel):
     """Prometheus /metrics HTTP port (None: off)."""
     grace_s: float = Field(5.0, ge=0)
     """Seconds running relays get to finish on shutdown."""
+    allow_insecure: bool = False
+    """Serve on a non-loopback address without a bearer token. Off: such a start is refused
+    before the model loads (an open LLM on the network is rarely what anyone meant)."""
 
     @model_validator(mode="after")
     def _token_from_env(self) -> CloudConfig:
@@ -60,6 +63,35 @@ class CloudConfig(BaseModel):
         if self.auth_token is None and os.environ.get("RELAY_CLOUD_TOKEN"):
             self.auth_token = SecretStr(os.environ["RELAY_CLOUD_TOKEN"])
         return self
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def security_mode(config: CloudConfig) -> str:
+    """One line on how the server is exposed; raises UserError for an open non-loopback bind."""
+    from common.errors import UserError
+
+    auth = "bearer token" if config.auth_token else "no auth"
+    tls = "TLS" if config.tls else "plaintext"
+    if is_loopback(config.host):
+        return f"loopback only ({config.host}), {auth}, {tls}"
+    if config.auth_token is None and not config.allow_insecure:
+        raise UserError(
+            f"refusing to serve on {config.host} without a bearer token: set RELAY_CLOUD_TOKEN (or auth_token), "
+            "or pass --insecure if an open LLM on this network is really intended"
+        )
+    if config.auth_token is None:
+        return f"INSECURE: {config.host} with no auth, {tls} (--insecure)"
+    return f"network ({config.host}), {auth}, {tls}"
 
 
 def load_cloud_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CloudConfig:

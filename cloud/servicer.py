@@ -85,19 +85,23 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         return pb.CloseSessionResponse(existed=existed)
 
     async def Relay(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        code, session = "OK", None
+        code, session, generating, completed = "OK", None, False, False
         try:
             await self._authorize(context)
             await self._validate(request, context)
             session = await self._session_for(request, context)
             async with session.lock:
+                if session.session_id and session.session_id not in self.store:
+                    # Closed (or evicted) while this request waited for the one before it.
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "session was closed")
                 await self._check_context(request, session, context)
+                generating = True
                 async for chunk in self._generate(session, request):
                     yield chunk
-        except asyncio.CancelledError:
+                completed = True
+        except (asyncio.CancelledError, GeneratorExit):
+            # A cancelled call arrives as CancelledError or, at a `yield`, as GeneratorExit.
             code = "CANCELLED"
-            if session is not None:
-                self.store.close(session.session_id)
             raise
         except grpc.aio.AbortError:
             status = context.code()
@@ -106,10 +110,12 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         except Exception as exc:  # a model failure must not take the server down
             code = "INTERNAL"
             log.exception("relay failed")
-            if session is not None:
-                self.store.close(session.session_id)
             await context.abort(grpc.StatusCode.INTERNAL, f"LLM step failed: {type(exc).__name__}")
         finally:
+            if generating and not completed and session is not None and session.session_id:
+                # Whatever ended the stream mid-generation, the session's cache may hold a half
+                # step: drop it (the client re-sends its context), so nothing leaks either.
+                self.store.close(session.session_id)
             self.metrics.requests.labels(code=code).inc()
             self._update_gauges()
 

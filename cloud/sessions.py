@@ -80,6 +80,9 @@ class SessionStore:
         session.last_used = self._clock()
         return session
 
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
     def close(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 

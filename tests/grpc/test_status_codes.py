@@ -87,3 +87,20 @@ def test_prometheus_metrics_count_relays(stub, server) -> None:
     assert 'relay_requests_total{code="OK"} 1.0' in text
     assert 'relay_requests_total{code="INVALID_ARGUMENT"} 1.0' in text
     assert "relay_generated_tokens_total 3.0" in text
+
+
+def test_a_stream_dropped_by_the_client_closes_its_session(stub, server) -> None:
+    import time
+
+    store = server.running.servicer.store
+    session = stub.OpenSession(pb.OpenSessionRequest()).session_id
+    call = stub.Relay(pb.RelayRequest(session_id=session, delta_ids=[5, 6], max_new_tokens=400))
+    next(call)  # the first token is out: generation is under way
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while session in store and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert session not in store
+    assert code_of(lambda: relay(stub, session_id=session, context_len=3, delta_ids=[7])) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )

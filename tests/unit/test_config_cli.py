@@ -77,3 +77,38 @@ def test_partial_relay_section_keeps_the_edge_defaults(tmp_path: Path) -> None:
     config.write_text("relay: {max_relays: 2}\n")
     relay = load_edge_config(config).relay
     assert (relay.policy, relay.entropy_tau, relay.max_relays) == ("entropy", 0.6, 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode"),
+    [
+        (["host=127.0.0.1"], "loopback only"),
+        (["host=::1"], "loopback only"),
+        (["host=0.0.0.0", "auth_token=s3cret"], "network (0.0.0.0), bearer token"),
+        (["host=0.0.0.0", "allow_insecure=true"], "INSECURE"),
+    ],
+)
+def test_cloud_security_mode(overrides: list[str], mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloud.config import security_mode
+
+    monkeypatch.delenv("RELAY_CLOUD_TOKEN", raising=False)
+    assert security_mode(load_cloud_config(None, overrides)).startswith(mode)
+
+
+def test_open_cloud_on_the_network_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "RELAY_CACHE_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    # A model that does not exist: reaching the model load would fail differently (and slowly).
+    cmd = [
+        sys.executable,
+        "-m",
+        "relaycli.main",
+        "cloud",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--llm",
+        str(tmp_path / "none"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: refusing to serve on 0.0.0.0 without a bearer token")
