@@ -90,7 +90,7 @@ def cut_commands(
         overlapping = [(s, e) for s, e in spans if s < end and e > start]
         if not overlapping:
             if pending:
-                out += encode(pending.decode("utf-8", errors="replace"))
+                out += encode_bytes(bytes(pending), token_bytes, encode)
                 pending.clear()
             out.append(tid)
             continue
@@ -100,7 +100,29 @@ def cut_commands(
                 keep.append(byte)
         pending += keep
     if pending:
-        out += encode(pending.decode("utf-8", errors="replace"))
+        out += encode_bytes(bytes(pending), token_bytes, encode)
+    return out
+
+
+def encode_bytes(data: bytes, token_bytes: Sequence[bytes], encode: Callable[[str], list[int]]) -> list[int]:
+    """Token ids for exactly `data`. A command boundary can split a UTF-8 character (its first
+    bytes in one token, the rest before `<call>`); decoding with replacement would hand the LLM a
+    U+FFFD. Valid text is encoded as usual, stray bytes become the byte-level tokens that hold
+    them, so the LLM's context has the same bytes as the SLM's text."""
+    out: list[int] = []
+    byte_ids: dict[bytes, int] | None = None
+    while data:
+        try:
+            return out + encode(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            if exc.start:
+                out += encode(data[: exc.start].decode("utf-8"))
+            if byte_ids is None:
+                byte_ids = {b: i for i, b in enumerate(token_bytes) if len(b) == 1}
+            for byte in data[exc.start : exc.end]:
+                one = bytes([byte])
+                out += [byte_ids[one]] if one in byte_ids else encode(one.decode("utf-8", "replace"))
+            data = data[exc.end :]
     return out
 
 

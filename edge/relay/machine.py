@@ -80,6 +80,16 @@ class _Segment:
     spans: list[tuple[int, int]] = field(default_factory=list)
 
 
+def without_commands(ids: Sequence[int], tok: TokenizerView) -> list[int]:
+    """`ids` with every complete `<call>N</call>` cut out (the LLM's view of a stretch of text)."""
+    scanner, spans = CommandScanner(), []
+    for tid in ids:
+        found = scanner.push(tok.token_bytes[tid])
+        if isinstance(found, Command):
+            spans.append((found.start, found.end))
+    return cut_commands(ids, tok.token_bytes, spans, tok.encode) if spans else list(ids)
+
+
 class RelayMachine:
     def __init__(
         self,
@@ -94,7 +104,9 @@ class RelayMachine:
         self.prompt_ids = list(prompt_ids)
         self.answer_ids: list[int] = []
         self.answer_sources: list[str] = []
-        self.llm_context: list[int] = list(prompt_ids)
+        # Earlier turns' answers come back in the prompt with their commands: cut them for the LLM
+        # exactly as within a turn.
+        self.llm_context: list[int] = without_commands(prompt_ids, tokenizer)
         self.relays = 0
         self.cloud_reason = "" if cloud_available else "cloud unavailable"
         self._segment = _Segment()

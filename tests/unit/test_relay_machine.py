@@ -193,3 +193,31 @@ def test_cancel_finishes_with_reason() -> None:
     machine.start()
     events, action = machine.cancel()
     assert isinstance(events[-1], AnswerFinished) and events[-1].reason == "cancelled"
+
+
+def test_a_character_split_at_a_command_boundary_keeps_its_bytes() -> None:
+    from edge.relay.commands import cut_commands
+
+    # "é" = c3 a9: its first byte ends one token, its second starts the token that opens the
+    # command. The LLM must get "xé" (bytes intact), not "x\ufffd".
+    table = [bytes([i]) for i in range(256)] + [b"x\xc3", b"\xa9<call>", b"1</call>", b"!"]
+    ids = [256, 257, 258, 259]
+    text = b"".join(table[i] for i in ids)
+    start = text.index(b"<call>")
+    end = text.index(b"</call>") + len(b"</call>")
+
+    def encode(s: str) -> list[int]:
+        return list(s.encode())
+
+    out = cut_commands(ids, table, [(start, end)], encode)
+    assert b"".join(table[i] for i in out) == "xé!".encode()
+    assert "\ufffd".encode() not in b"".join(table[i] for i in out)
+
+
+def test_commands_of_earlier_turns_are_cut_from_the_llm_context() -> None:
+    prompt = encode("Q? A: 3<call>5</call>4 done. Q2?")
+    slm = ScriptedSlm(encode("ab"), uncertain=frozenset({1}))
+    settings = RelaySettings(policy="entropy", entropy_tau=0.5, fixed_n=2)
+    run = run_machine(slm, [(encode("XY"), "length")], settings, prompt=prompt)
+    assert text_of(run.calls[0].context) == "Q? A: 34 done. Q2?a"
+    assert slm.fed[: len(prompt)] == prompt  # the SLM's own context keeps them
