@@ -26,7 +26,20 @@ _FINISH = {pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_EOS: "eos", pb.FI
 
 
 class CloudError(Exception):
-    """The cloud could not serve a relay; the message is one line for the user/record."""
+    """The cloud could not serve a relay; the message is one line for the user/record.
+
+    `transient`: worth retrying later (unreachable, timed out, overloaded, a dropped stream);
+    otherwise permanent (auth, tokenizer or protocol mismatch, garbage from the server)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+     grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
+)  # fmt: skip
 
 
 @dataclass
@@ -149,13 +162,13 @@ class CloudLink:
                 self.last.resent_full_context = True
                 yield from self._relay_once(context, n, sampling, allow_resend=False)
                 return
-            raise CloudError(_describe(exc, self.address)) from None
+            raise CloudError(_describe(exc, self.address), transient=exc.code() in TRANSIENT_CODES) from None
         except (GeneratorExit, CloudError):
             call.cancel()
             self._forget_session()
             raise
         self._forget_session()
-        raise CloudError("cloud stream ended without a final message")
+        raise CloudError("cloud stream ended without a final message", transient=True)
 
     def _request(self, context: list[int], n: int, sampling: Sampling) -> object:
         params = pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p)
@@ -185,7 +198,7 @@ class CloudLink:
                 metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise CloudError(_describe(exc, self.address)) from None
+            raise CloudError(_describe(exc, self.address), transient=exc.code() in TRANSIENT_CODES) from None
         self._session_id, self._session_ids = response.session_id, []
 
     def _finish(self, done: object, context: list[int]) -> None:

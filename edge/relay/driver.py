@@ -37,6 +37,27 @@ class SlmBackend(Protocol):
         """Append `ids` to the cache; logits of the next token."""
 
 
+class Backoff:
+    """Capped exponential backoff for a cloud that failed transiently: 1, 2, 4 ... 60 s."""
+
+    def __init__(self, first_s: float = 1.0, cap_s: float = 60.0, clock=time.monotonic) -> None:
+        self.first_s, self.cap_s, self.clock = first_s, cap_s, clock
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def failed(self) -> float:
+        delay = min(self.cap_s, self.first_s * 2**self.failures)
+        self.failures += 1
+        self.retry_at = self.clock() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.retry_at = 0, 0.0
+
+    def ready(self) -> bool:
+        return self.clock() >= self.retry_at
+
+
 class RelayEngine:
     def __init__(
         self,
@@ -52,9 +73,12 @@ class RelayEngine:
         self.link = link
         self.prices = prices or PriceTable()
         self.cloud_state = cloud_state if link is not None else "offline"
+        """connected | embedded | reconnecting (a transient failure; retried after a backoff) | offline"""
+        self._connected_state = self.cloud_state
         self.cloud_address = link.address if link is not None else None
         self.cloud_note = ""
-        """Why the cloud is offline, when it is."""
+        """Why the cloud is offline or reconnecting, when it is."""
+        self.backoff = Backoff()
         self.view = TokenizerView(
             token_bytes=vocab.token_bytes,
             eos_ids=frozenset(vocab.eos_ids),
@@ -70,6 +94,29 @@ class RelayEngine:
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.vocab.encode_chat(messages))
 
+    @property
+    def cloud_usable(self) -> bool:
+        """Connected, or reconnecting and its backoff has run out (this answer retries)."""
+        if self.link is None or self.cloud_state == "offline":
+            return False
+        return self.cloud_state != "reconnecting" or self.backoff.ready()
+
+    def cloud_failed(self, error: CloudError) -> None:
+        """A transient error: retry after a backoff; a permanent one: offline for good."""
+        self.cloud_note = str(error)
+        if error.transient:
+            delay = self.backoff.failed()
+            self.cloud_state = "reconnecting"
+            self.cloud_note = f"{error} (retry in {delay:.0f} s)"
+        else:
+            self.cloud_state = "offline"
+
+    def cloud_succeeded(self) -> None:
+        if self.cloud_state == "reconnecting":
+            self.cloud_state = self._connected_state
+            self.cloud_note = ""
+        self.backoff.succeeded()
+
     def answer(
         self, messages: list[dict], settings: RelaySettings, cancel: threading.Event | None = None
     ) -> AnswerStream:
@@ -84,15 +131,11 @@ class AnswerStream:
         self.engine = engine
         self.settings = settings
         self.cancel = cancel
-        self.machine = RelayMachine(
-            prompt,
-            engine.view,
-            settings,
-            cloud_available=engine.link is not None and engine.cloud_state != "offline",
-        )
+        self.machine = RelayMachine(prompt, engine.view, settings, cloud_available=engine.cloud_usable)
         self.record = CostRecord(prompt_tokens=len(prompt))
         if not self.machine.cloud_usable and settings.policy != "never":
-            self.record.fallbacks.append(f"cloud offline: {engine.cloud_note or 'not configured'}")
+            state = "reconnecting" if engine.cloud_state == "reconnecting" else "offline"
+            self.record.fallbacks.append(f"cloud {state}: {engine.cloud_note or 'not configured'}")
         self.spans: list[tuple[str, str]] = []
         self._detok = IncrementalDetokenizer(engine.vocab.token_bytes, engine.vocab.special_ids)
         self._prefilled = False
@@ -152,12 +195,13 @@ class AnswerStream:
                     break
         except CloudError as exc:
             self._book_relay(relay, link, error=str(exc))
-            self.engine.cloud_state = "offline"
+            self.engine.cloud_failed(exc)
             self.record.fallbacks.append(str(exc))
             return self.machine.on_cloud_failed(str(exc), link.last.round_trip_ms)
         finally:
             tokens.close()  # a cancelled relay: cancel the gRPC call now, not at garbage collection
         self._book_relay(relay, link)
+        self.engine.cloud_succeeded()
         self._check_budget()
         return self.machine.on_cloud_done(link.last.finish or "abort", link.last.round_trip_ms)
 

@@ -465,6 +465,8 @@ def cloud_state_text(state: str, address: str | None) -> str:
         return f"cloud: connected{where}"
     if state == "embedded":
         return f"cloud: embedded local{where}"
+    if state == "reconnecting":
+        return f"cloud: reconnecting{where} → SLM only meanwhile"
     return "cloud: offline → SLM only"
 
 

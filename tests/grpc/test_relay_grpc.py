@@ -109,7 +109,58 @@ def test_fallback_when_server_dies_mid_stream(llm_backend, slm, vocab, tiny_onnx
     assert any(isinstance(e, Notice) and e.kind == "cloud_unavailable" for e in events)
     assert stream.record.fallbacks and stream.record.relays[0].finish == "error"
     assert stream.record.slm_tokens > 0  # the SLM finished the answer
-    assert engine.cloud_state == "offline"
+    assert engine.cloud_state == "reconnecting"  # UNAVAILABLE is transient: retried after a backoff
+
+
+class FlakyLink:
+    """A real CloudLink that fails its first relay the way an overloaded cloud does."""
+
+    def __init__(self, inner: CloudLink, error: CloudError) -> None:
+        self.inner, self.error, self.failures = inner, error, 0
+        self.address = inner.address
+
+    @property
+    def last(self):
+        return self.inner.last
+
+    def relay(self, context, n, sampling):
+        if self.failures == 0:
+            self.failures += 1
+            self.inner.last = type(self.inner.last)()
+            raise self.error
+        yield from self.inner.relay(context, n, sampling)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_transient_refusal_backs_off_then_relays_again(server, slm, vocab, tiny_onnx) -> None:
+    from edge.relay.driver import Backoff
+
+    now = [100.0]
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    engine.link = FlakyLink(engine.link, CloudError("cloud error RESOURCE_EXHAUSTED: busy", transient=True))
+    engine.backoff = Backoff(first_s=5, clock=lambda: now[0])
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_relays=2, max_new_tokens=10)
+    first, _ = run(engine, settings)
+    assert first.record.relays[0].error and engine.cloud_state == "reconnecting"
+    assert "RESOURCE_EXHAUSTED" in first.record.fallbacks[0]
+    waiting, _ = run(engine, settings)  # within the backoff: SLM alone, and the record says why
+    assert not waiting.record.relays and waiting.record.fallbacks[0].startswith("cloud reconnecting: ")
+    now[0] += 6
+    again, _ = run(engine, settings)
+    assert len(again.record.relays) == 2 and again.record.llm_tokens > 0 and not again.record.fallbacks
+    assert engine.cloud_state == "connected" and engine.backoff.failures == 0
+
+
+def test_permanent_error_turns_the_cloud_off(server, slm, vocab, tiny_onnx) -> None:
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    engine.link = FlakyLink(engine.link, CloudError("cloud error UNAUTHENTICATED: wrong token"))
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_new_tokens=6)
+    run(engine, settings)
+    later, _ = run(engine, settings)
+    assert engine.cloud_state == "offline" and not later.record.relays
+    assert later.record.fallbacks == ["cloud offline: cloud error UNAUTHENTICATED: wrong token"]
 
 
 def test_unreachable_cloud_is_a_clear_error() -> None:
