@@ -73,7 +73,7 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None) -> Iterator[RelayEn
             state = "embedded"
         link, note = None, ""
         if address != "off":
-            link, note = _connect(config, address, token, dirs.slm_onnx)
+            link, note = _connect(config, address, token, dirs.slm_onnx, vocab.eos_ids)
             if link is not None:
                 stack.callback(link.close)
         engine = RelayEngine(slm, vocab, link, config.prices, cloud_state=state if link else "offline")
@@ -82,7 +82,9 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None) -> Iterator[RelayEn
         yield engine
 
 
-def _connect(config: EdgeConfig, address: str, token: str | None, slm_dir: Path) -> tuple[CloudLink | None, str]:
+def _connect(
+    config: EdgeConfig, address: str, token: str | None, slm_dir: Path, eos_ids: tuple[int, ...]
+) -> tuple[CloudLink | None, str]:
     from models.identity import tokenizer_sha256
 
     c = config.cloud
@@ -94,7 +96,7 @@ def _connect(config: EdgeConfig, address: str, token: str | None, slm_dir: Path)
         stateless=c.stateless,
     )
     try:
-        link.connect(tokenizer_sha256(slm_dir), timeout_s=c.connect_timeout_s)
+        link.connect(tokenizer_sha256(slm_dir), timeout_s=c.connect_timeout_s, eos_ids=eos_ids)
     except CloudError as exc:
         link.close()
         log.warning("cloud offline: %s", exc)

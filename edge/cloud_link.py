@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -75,7 +75,10 @@ class CloudLink:
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        """Deadline floor of one relay; longer relays get more (see `deadline_for`)."""
         self.stateless = stateless
+        self.per_token_s = 1.0
+        """Measured server time per LLM token (moving average; starts conservative)."""
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca_file:
             with open(tls_ca_file, "rb") as fh:
@@ -93,8 +96,9 @@ class CloudLink:
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def connect(self, tokenizer_sha256: str, timeout_s: float = 10.0) -> object:
-        """Fetch model info and check the tokenizer; CloudError on any failure or mismatch."""
+    def connect(self, tokenizer_sha256: str, timeout_s: float = 10.0, eos_ids: Iterable[int] = ()) -> object:
+        """Fetch model info and check the tokenizer (and, given the edge's `eos_ids`, that every
+        token the cloud stops on is one the edge knows as an end); CloudError on a mismatch."""
         try:
             info = self._stub.GetModelInfo(
                 pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata, wait_for_ready=True
@@ -105,6 +109,12 @@ class CloudLink:
             raise CloudError(
                 f"cloud model {info.model_id} uses a different tokenizer "
                 f"({info.tokenizer_sha256[:12]} vs local {tokenizer_sha256[:12]}): refusing to relay"
+            )
+        edge_eos = set(eos_ids)
+        if edge_eos and not set(info.eos_token_ids) <= edge_eos:
+            raise CloudError(
+                f"cloud model {info.model_id} ends answers on ids {sorted(info.eos_token_ids)}, the edge on "
+                f"{sorted(edge_eos)}: refusing to relay"
             )
         self.info = info
         self._tokenizer_sha256 = tokenizer_sha256
@@ -125,6 +135,23 @@ class CloudLink:
                 pass
         self._forget_session()
 
+    @property
+    def max_n(self) -> int | None:
+        """The server's cap on N per relay (ModelInfo), once connected."""
+        cap = getattr(self.info, "max_new_tokens_cap", 0)
+        return int(cap) if cap else None
+
+    @property
+    def max_context(self) -> int | None:
+        limit = getattr(self.info, "max_context", 0)
+        return int(limit) if limit else None
+
+    def deadline_for(self, new_context: int, n: int) -> float:
+        """Seconds one relay may take: its prefill and N tokens at the measured per-token time,
+        three times over for slack, never under `timeout_s`."""
+        estimate = (new_context / 50 + n) * self.per_token_s
+        return max(self.timeout_s, 3 * estimate)
+
     # -- relays ---------------------------------------------------------------------------------
 
     def relay(self, context: list[int], n: int, sampling: Sampling) -> Iterator[list[int]]:
@@ -140,7 +167,8 @@ class CloudLink:
     def _relay_once(self, context: list[int], n: int, sampling: Sampling, allow_resend: bool) -> Iterator[list[int]]:
         request = self._request(context, n, sampling)
         self.last.bytes_up += request.ByteSize() + GRPC_FRAME_BYTES
-        call = self._stub.Relay(request, timeout=self.timeout_s, metadata=self._metadata)
+        deadline = self.deadline_for(len(request.delta_ids), n)
+        call = self._stub.Relay(request, timeout=deadline, metadata=self._metadata)
         received = False
         try:
             for chunk in call:
@@ -208,6 +236,9 @@ class CloudLink:
         out.cached_tokens = done.usage.cached_tokens
         out.completion_tokens = done.usage.completion_tokens
         out.server_ms = done.timings.total_ms
+        if out.completion_tokens:
+            measured = done.timings.total_ms / 1e3 / out.completion_tokens
+            self.per_token_s = 0.7 * self.per_token_s + 0.3 * measured
         if not self.stateless:
             self._session_ids = list(context) + out.tokens
             if done.context_len != len(self._session_ids):

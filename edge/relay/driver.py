@@ -131,7 +131,13 @@ class AnswerStream:
         self.engine = engine
         self.settings = settings
         self.cancel = cancel
-        self.machine = RelayMachine(prompt, engine.view, settings, cloud_available=engine.cloud_usable)
+        self.machine = RelayMachine(
+            prompt,
+            engine.view,
+            settings,
+            cloud_available=engine.cloud_usable,
+            cloud_max_n=getattr(engine.link, "max_n", None),
+        )
         self.record = CostRecord(prompt_tokens=len(prompt))
         if not self.machine.cloud_usable and settings.policy != "never":
             state = "reconnecting" if engine.cloud_state == "reconnecting" else "offline"

@@ -98,8 +98,11 @@ class RelayMachine:
         settings: RelaySettings,
         *,
         cloud_available: bool = True,
+        cloud_max_n: int | None = None,
     ) -> None:
         self.settings = settings
+        self.cloud_max_n = cloud_max_n
+        """The server's cap on N per relay (ModelInfo); longer cloud-only answers take several relays."""
         self.tok = tokenizer
         self.prompt_ids = list(prompt_ids)
         self.answer_ids: list[int] = []
@@ -163,6 +166,8 @@ class RelayMachine:
             return self._finish(events, "llm_eos")
         if self.remaining <= 0:
             return self._finish(events, "max_tokens")
+        if self.settings.policy == "cloud-only" and self.cloud_usable and self._relay_received:
+            return self._call(events, self.remaining, "cloud-only")  # the server's cap split it
         return events, Decode(self._take_feed())
 
     def on_cloud_failed(self, reason: str, round_trip_ms: float = 0.0) -> Step:
@@ -255,9 +260,10 @@ class RelayMachine:
         self.relays += 1
         self._relay_received = 0
         self._llm_eos = False
-        granted = max(0, min(n_requested, self.settings.max_n, self.remaining))
+        cap = self.cloud_max_n or self.remaining
+        granted = max(0, min(n_requested, self.settings.max_n, self.remaining, cap))
         if trigger == "cloud-only":
-            granted = self.remaining
+            granted = min(self.remaining, cap)
         events.append(RelayStarted(self.relays, n_requested, granted, trigger))  # type: ignore[arg-type]
         return events, CallCloud(list(self.llm_context), granted)
 

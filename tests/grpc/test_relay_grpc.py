@@ -290,3 +290,32 @@ def test_second_turn_reuses_the_slm_cache_and_answers_the_same(server, slm, voca
     list(cold)
     assert warm.machine.answer_ids == cold.machine.answer_ids
     assert warm.record.slm_prefill_ms > 0 and len(warm.record.relays) == 2
+
+
+def test_cloud_only_past_the_server_cap_takes_several_relays(llm_backend, slm, vocab, tiny_onnx) -> None:
+    with ServerThread(llm_backend, config(max_new_tokens_cap=8)) as server:
+        engine = engine_for(slm, vocab, server.address, tiny_onnx)
+        assert engine.link.max_n == 8
+        stream, _ = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=20))
+    grants = [r.n_granted for r in stream.record.relays]
+    assert not stream.record.fallbacks and stream.record.llm_tokens == sum(
+        r.tokens_received for r in stream.record.relays
+    )
+    assert all(g <= 8 for g in grants) and (stream.record.llm_tokens == 20 or stream.record.finish == "llm_eos")
+
+
+def test_eos_ids_are_compared_with_the_edges(server, tiny_onnx) -> None:
+    link = CloudLink(server.address, timeout_s=5)
+    info = link.connect(tokenizer_sha256(tiny_onnx), eos_ids=Vocab.load(tiny_onnx).eos_ids)
+    with pytest.raises(CloudError, match="ends answers on ids"):
+        CloudLink(server.address, timeout_s=5).connect(
+            tokenizer_sha256(tiny_onnx), eos_ids=[max(info.eos_token_ids) + 1]
+        )
+    link.close()
+
+
+def test_relay_deadline_grows_with_n_and_the_measured_token_time() -> None:
+    link = CloudLink("127.0.0.1:1", timeout_s=30)
+    assert link.deadline_for(100, 8) == 30  # short relays keep the floor
+    link.per_token_s = 0.3
+    assert link.deadline_for(0, 1000) == pytest.approx(900)  # 3x (1000 tokens x 0.3 s)

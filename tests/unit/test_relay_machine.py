@@ -221,3 +221,24 @@ def test_commands_of_earlier_turns_are_cut_from_the_llm_context() -> None:
     run = run_machine(slm, [(encode("XY"), "length")], settings, prompt=prompt)
     assert text_of(run.calls[0].context) == "Q? A: 34 done. Q2?a"
     assert slm.fed[: len(prompt)] == prompt  # the SLM's own context keeps them
+
+
+def test_server_cap_clamps_n_and_splits_cloud_only_answers() -> None:
+    from edge.relay.machine import RelayMachine
+    from tests.fakes import view
+
+    machine = RelayMachine(encode("Q?"), view(), RelaySettings(policy="cloud-only", max_new_tokens=10), cloud_max_n=4)
+    _, action = machine.start()
+    granted = []
+    for reply in (encode("abcd"), encode("efgh"), encode("ij")):
+        granted.append(action.n)
+        machine.on_llm_tokens(reply)
+        _, action = machine.on_cloud_done("length")
+    assert granted == [4, 4, 2]
+    assert text_of(machine.answer_ids) == "abcdefghij" and action.reason == "max_tokens"
+    # A command asking for more than the server allows is granted the server's cap.
+    slm = ScriptedSlm(encode("a<call>50</call>b"))
+    run = run_machine(slm, [(encode("XYZ"), "length")], RelaySettings(max_n=100))
+    assert run.calls[0].n == 50
+    capped = RelayMachine(encode("Q?"), view(), RelaySettings(), cloud_max_n=8)
+    assert capped._call([], 50, "command")[1].n == 8
