@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +59,18 @@ class LocalSlm:
 
     def greedy_predictions(self, context: Sequence[int], span: Sequence[int]) -> list[int]:
         """The SLM's argmax at each position of `span`, teacher-forced after `context`."""
-        preds = [int(self.slm.prefill(list(context)).argmax())]
+        preds = [self.predict_first(context)]
         for tid in span[:-1]:
-            preds.append(int(self.slm.forward([tid]).argmax()))
+            preds.append(self.predict_next(tid))
         return preds
+
+    def predict_first(self, context: Sequence[int]) -> int:
+        """The SLM's greedy next token after `context` (starts a teacher-forced walk)."""
+        return int(self.slm.prefill(list(context)).argmax())
+
+    def predict_next(self, token: int) -> int:
+        """Feed `token` (someone else's) and return the SLM's greedy choice for the next one."""
+        return int(self.slm.forward([token]).argmax())
 
 
 class TeacherLlm:
@@ -90,13 +98,21 @@ class TeacherLlm:
 
     def greedy(self, context: Sequence[int], n: int) -> list[int]:
         """Up to `n` greedy tokens after `context` (the EOS token included if it comes)."""
+        out: list[int] = []
+        for tid in self.stream(context):
+            out.append(tid)
+            if len(out) >= n:
+                break
+        return out
+
+    def stream(self, context: Sequence[int]) -> Iterator[int]:
+        """Greedy tokens after `context`, one at a time, until EOS (inclusive) or the caller stops:
+        a token is only computed when asked for."""
         cache = self.backend.new_cache()
         logits = self.backend.forward(cache, list(context))
-        out: list[int] = []
-        for _ in range(n):
+        while True:
             tid = int(np.argmax(logits))
-            out.append(tid)
+            yield tid
             if tid in self.eos_ids:
-                break
+                return
             logits = self.backend.forward(cache, [tid])
-        return out

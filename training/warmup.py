@@ -158,12 +158,7 @@ class WarmupBuilder:
                 break
             at = min(points[:4])  # the earliest of the strongest few: before the error spreads
             context += own[:at]
-            span = self.llm.greedy(context, s.max_span)
-            ended = bool(span) and span[-1] in self.llm.eos_ids
-            words = span[:-1] if ended else span
-            preds = self.slm.greedy_predictions(context, words) if words else []
-            n = round_up_n(agreement_n(words, preds, min_n=s.min_n, run=s.agree_run)) if words else 1
-            taken = span[:n]
+            n, taken = self._llm_span(context)
             segments += divergence_segments(vocab.decode(own[:at]), n, vocab.decode(taken), "")
             calls.append(
                 {"n": n, "at_token": len(context) - len(prompt), "answer_tokens": len(answer), "llm_tokens": len(taken)}
@@ -184,6 +179,36 @@ class WarmupBuilder:
         return example_row(
             q, "divergence", segments, calls, False, ok
         ), "" if ok else f"{len(calls)} relay(s), still wrong"
+
+    def _llm_span(self, context: list[int]) -> tuple[int, list[int]]:
+        """(N, the LLM's first N greedy tokens) after `context`.
+
+        N is where the SLM, teacher-forced on the LLM's tokens, starts agreeing with them
+        (`insertion.agreement_n`), rounded up to d*10^k. The LLM's tokens are produced one at a
+        time and generation stops as soon as N is known and reached: most spans are short, and
+        the LLM's tokens are the dearest thing here."""
+        s, eos = self.s, self.llm.eos_ids
+        span: list[int] = []
+        preds: list[int] = []
+        pred = self.slm.predict_first(context)
+        target: int | None = None
+        for tid in self.llm.stream(context):
+            span.append(tid)
+            if tid in eos or (target is not None and len(span) >= target):
+                break
+            preds.append(pred)
+            start = len(preds) - s.agree_run  # the window of the last `agree_run` tokens
+            if target is None and start >= s.min_n and preds[start:] == span[start:]:
+                target = round_up_n(start)
+                if len(span) >= target:
+                    break
+            if len(span) >= s.max_span and target is None:
+                break
+            pred = self.slm.predict_next(tid)
+        if target is None:  # never agreed (or the LLM ended first): take all it wrote
+            words = [t for t in span if t not in eos]
+            target = round_up_n(agreement_n(words, preds[: len(words)], min_n=s.min_n, run=s.agree_run))
+        return target, span[:target]
 
 
 def run_warmup(config: TrainConfig, questions: list[Question], out: Path, builder: WarmupBuilder, *, say=print) -> dict:

@@ -310,3 +310,21 @@ def test_lockstep_group_equals_answers_run_one_by_one(tiny_pair, tiny_onnx) -> N
     assert [r.completion_ids for r in together] == [r.completion_ids for r in alone]
     assert [r.env_mask for r in together] == [r.env_mask for r in alone]
     assert batcher.batches < sum(len(r.completion_ids) for r in alone)  # it did batch
+
+
+@pytest.mark.parametrize(("min_n", "run"), [(1, 1), (2, 2), (4, 4)])
+def test_streamed_llm_span_equals_the_whole_span_computation(recipe, local_slm, teacher, min_n, run) -> None:
+    """The warm-up stops the LLM as soon as N is known; N and the span are what the plain
+    compute-everything-then-choose version gives."""
+    from training.insertion import agreement_n, round_up_n
+
+    settings = recipe.warmup.model_copy(update={"min_n": min_n, "agree_run": run, "max_span": 12})
+    builder = WarmupBuilder(local_slm, teacher, settings)
+    vocab = local_slm.vocab
+    for i in range(4):
+        context = vocab.encode_chat([{"role": "user", "content": f"What is {i} times {i + 3}?"}])
+        span = teacher.greedy(context, settings.max_span)
+        words = [t for t in span if t not in teacher.eos_ids]
+        preds = local_slm.greedy_predictions(context, words) if words else []
+        n = round_up_n(agreement_n(words, preds, min_n=min_n, run=run)) if words else 1
+        assert builder._llm_span(context) == (n, span[:n])
