@@ -2,7 +2,8 @@
 
 A backend only appends tokens to a KV cache and returns next-token logits. Sessions, sampling,
 limits, streaming and gRPC live elsewhere, so a scale-out engine (vLLM, SGLang) can sit behind the
-same proto by implementing these three methods (or by replacing `cloud.relay_engine`).
+same proto by implementing these three methods (a request-level engine such as vLLM needs a seam
+one level up, at "generate N tokens after this context": issue #12).
 This module never imports grpc.
 """
 

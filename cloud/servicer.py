@@ -86,6 +86,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
 
     async def Relay(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         code, session, generating, completed = "OK", None, False, False
+        arrived = time.perf_counter()
         try:
             await self._authorize(context)
             await self._validate(request, context)
@@ -96,7 +97,8 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "session was closed")
                 await self._check_context(request, session, context)
                 generating = True
-                async for chunk in self._generate(session, request):
+                queue_ms = (time.perf_counter() - arrived) * 1e3  # waiting for this session's last relay
+                async for chunk in self._generate(session, request, queue_ms):
                     yield chunk
                 completed = True
         except (asyncio.CancelledError, GeneratorExit):
@@ -174,7 +176,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         session.kv_len += len(ids)
         return logits
 
-    async def _generate(self, session: Session, request: Any) -> AsyncIterator[Any]:
+    async def _generate(self, session: Session, request: Any, queue_ms: float = 0.0) -> AsyncIterator[Any]:
         started = time.perf_counter()
         sampling = request.sampling
         rng = np.random.default_rng(sampling.seed if sampling.HasField("seed") else None)
@@ -203,7 +205,9 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             done=pb.RelayDone(
                 finish_reason=finish,
                 usage=pb.Usage(prompt_tokens=len(feed), cached_tokens=cached, completion_tokens=produced),
-                timings=pb.ServerTimings(prefill_ms=prefill_ms, decode_ms=total_ms - prefill_ms, total_ms=total_ms),
+                timings=pb.ServerTimings(
+                    queue_ms=queue_ms, prefill_ms=prefill_ms, decode_ms=total_ms - prefill_ms, total_ms=total_ms
+                ),
                 context_len=len(session.ids),
             )
         )

@@ -1,7 +1,8 @@
 """The `relay` command: one entry point, one subcommand group per role.
 
-Each role registers its own subcommands (`models`, `export`, `ask`, `chat`, `cloud`, `eval`,
-`bench`) so this file only dispatches and turns `UserError` into one line and a non-zero exit.
+Each role registers its own subcommands (`models`, `export`, `train`, `ask`, `chat`, `cloud`,
+`eval`; benchmarks are scripts under `benchmarks/`) so this file only dispatches and turns
+`UserError` into one line and a non-zero exit.
 """
 
 from __future__ import annotations
