@@ -319,3 +319,38 @@ def test_relay_deadline_grows_with_n_and_the_measured_token_time() -> None:
     assert link.deadline_for(100, 8) == 30  # short relays keep the floor
     link.per_token_s = 0.3
     assert link.deadline_for(0, 1000) == pytest.approx(900)  # 3x (1000 tokens x 0.3 s)
+
+
+def test_two_relays_on_one_session_queue_and_do_not_interleave(llm_backend) -> None:
+    import grpc as grpc_mod
+
+    from common.wire import pb, pb_grpc
+
+    with ServerThread(SlowBackend(llm_backend, delay_s=0.03), config()) as server:
+        with grpc_mod.insecure_channel(server.address) as channel:
+            stub = pb_grpc.RelayServiceStub(channel)
+            session = stub.OpenSession(pb.OpenSessionRequest()).session_id
+            first = stub.Relay(pb.RelayRequest(session_id=session, delta_ids=[5], max_new_tokens=6), timeout=30)
+            stamps: dict[str, list[float]] = {"first": [], "second": []}
+            chunks_first = [next(first)]  # generation is under way, holding the session
+            stamps["first"].append(time.monotonic())
+            result: list = []
+
+            def second() -> None:
+                call = stub.Relay(pb.RelayRequest(session_id=session, context_len=7, delta_ids=[8], max_new_tokens=3))
+                for chunk in call:
+                    if chunk.HasField("tokens"):
+                        stamps["second"].append(time.monotonic())
+                    result.append(chunk)
+
+            worker = threading.Thread(target=second)
+            worker.start()
+            for chunk in first:
+                chunks_first.append(chunk)
+                if chunk.HasField("tokens"):
+                    stamps["first"].append(time.monotonic())
+            worker.join(30)
+    assert chunks_first[-1].done.context_len == 7  # 1 fed + 6 generated
+    done = result[-1].done
+    assert done.usage.cached_tokens == 6 and done.timings.queue_ms > 50  # it waited for the first
+    assert min(stamps["second"]) > max(stamps["first"])  # one after the other, never interleaved
