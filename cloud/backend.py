@@ -48,6 +48,10 @@ class LlmBackend(ABC):
     def cache_nbytes(self, cache: Any) -> int:
         """Memory the cache holds, for the server's KV budget."""
 
+    def kv_bytes_per_token(self) -> int:
+        """KV memory one token of context takes (0: unknown, nothing is reserved ahead)."""
+        return 0
+
 
 def _pick_device(device: str) -> str:
     import torch
@@ -164,6 +168,12 @@ class TransformersBackend(LlmBackend):
                 logits_to_keep=1,
             )
         return out.logits[0, -1].float().cpu().numpy()
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * heads * head_dim * self.model.dtype.itemsize
 
     def cache_nbytes(self, cache: Any) -> int:
         total = 0

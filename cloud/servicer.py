@@ -85,7 +85,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         return pb.CloseSessionResponse(existed=existed)
 
     async def Relay(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        code, session, generating, completed = "OK", None, False, False
+        code, session, generating, completed, reserved = "OK", None, False, False, 0
         arrived = time.perf_counter()
         try:
             await self._authorize(context)
@@ -96,6 +96,12 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
                     # Closed (or evicted) while this request waited for the one before it.
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "session was closed")
                 await self._check_context(request, session, context)
+                need = self._kv_need(session, request)
+                try:
+                    self.store.reserve(session, need)
+                except CapacityError as exc:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                reserved = need
                 generating = True
                 queue_ms = (time.perf_counter() - arrived) * 1e3  # waiting for this session's last relay
                 async for chunk in self._generate(session, request, queue_ms):
@@ -114,6 +120,8 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             log.exception("relay failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"LLM step failed: {type(exc).__name__}")
         finally:
+            if reserved and session is not None:
+                self.store.release(session, reserved)
             if generating and not completed and session is not None and session.session_id:
                 # Whatever ended the stream mid-generation, the session's cache may hold a half
                 # step: drop it (the client re-sends its context), so nothing leaks either.
@@ -170,6 +178,11 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise  # unreachable: abort raises
 
+    def _kv_need(self, session: Session, request: Any) -> int:
+        """KV bytes the session will hold at the end of this relay, at most."""
+        tokens = len(session.ids) + len(request.delta_ids) + request.max_new_tokens
+        return tokens * self.backend.kv_bytes_per_token()
+
     async def _step(self, session: Session, ids: list[int]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         logits = await loop.run_in_executor(self._executor, self.backend.forward, session.cache, ids)
@@ -178,6 +191,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
 
     async def _generate(self, session: Session, request: Any, queue_ms: float = 0.0) -> AsyncIterator[Any]:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         sampling = request.sampling
         rng = np.random.default_rng(sampling.seed if sampling.HasField("seed") else None)
         stops = set(self.info.eos_ids) | set(request.stop_ids)
@@ -189,7 +203,9 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         budget = min(request.max_new_tokens, self.max_context - len(session.ids))
         finish, produced = pb.FINISH_REASON_LENGTH, 0
         while produced < budget:
-            token = sample(logits, rng, sampling.temperature, sampling.top_p or 1.0, sampling.top_k)
+            token = await loop.run_in_executor(  # off the event loop: a full-vocabulary softmax
+                self._executor, sample, logits, rng, sampling.temperature, sampling.top_p or 1.0, sampling.top_k
+            )
             session.ids.append(token)
             produced += 1
             logprobs = [log_probability(logits, token)] if request.return_logprobs else []

@@ -31,6 +31,8 @@ class Session:
     ids: list[int] = field(default_factory=list)
     kv_len: int = 0
     kv_bytes: int = 0
+    reserved: int = 0
+    """KV bytes this session may grow to during the relay under way (held against the budget)."""
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -55,6 +57,8 @@ class SessionStore:
         self.idle_ttl_s = idle_ttl_s
         self._clock = clock
         self.evictions = 0
+        self.stateless_reserved = 0
+        """KV bytes held by stateless calls under way (they have no session but use memory)."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -62,6 +66,39 @@ class SessionStore:
     @property
     def kv_bytes(self) -> int:
         return sum(s.kv_bytes for s in self._sessions.values())
+
+    @property
+    def committed_bytes(self) -> int:
+        """KV memory held or reserved: what a new reservation is checked against."""
+        held = sum(max(s.kv_bytes, s.reserved) for s in self._sessions.values())
+        return held + self.stateless_reserved
+
+    def reserve(self, session: Session, nbytes: int) -> None:
+        """Hold `nbytes` for a relay before any memory is allocated; evict idle LRU sessions to
+        make room, or raise CapacityError (RESOURCE_EXHAUSTED) when it cannot fit."""
+        if nbytes > self.max_kv_bytes:
+            raise CapacityError(
+                f"this relay needs {nbytes >> 20} MiB of KV cache, over the {self.max_kv_bytes >> 20} MiB budget"
+            )
+        keep = session.session_id
+        while self.committed_bytes - self._held_by(session) + nbytes > self.max_kv_bytes:
+            if not self._evict_one(keep=keep):
+                raise CapacityError("KV-cache budget exhausted by relays under way; retry shortly")
+        if session.session_id:
+            session.reserved = nbytes
+        else:
+            self.stateless_reserved += nbytes
+
+    def release(self, session: Session, nbytes: int) -> None:
+        if session.session_id:
+            session.reserved = 0
+        else:
+            self.stateless_reserved = max(0, self.stateless_reserved - nbytes)
+
+    def _held_by(self, session: Session) -> int:
+        if session.session_id and session.session_id in self._sessions:
+            return max(session.kv_bytes, session.reserved)
+        return 0
 
     def open(self) -> Session:
         self.expire_idle()

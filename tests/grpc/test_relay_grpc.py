@@ -209,6 +209,9 @@ class SlowBackend:
     def cache_nbytes(self, cache) -> int:
         return self.inner.cache_nbytes(cache)
 
+    def kv_bytes_per_token(self) -> int:
+        return self.inner.kv_bytes_per_token()
+
 
 def test_concurrent_sessions_do_not_block_each_other(server, tiny_onnx, vocab) -> None:
     results: list[list[int]] = []

@@ -79,13 +79,18 @@ def test_model_info(stub) -> None:
 
 
 def test_prometheus_metrics_count_relays(stub, server) -> None:
-    from prometheus_client import generate_latest
+    import time
 
     relay(stub, delta_ids=[1, 2, 3], max_new_tokens=3)
     code_of(lambda: relay(stub, delta_ids=[10**6]))
-    text = generate_latest(server.running.servicer.metrics.registry).decode()
+    # The server counts a call in its handler's `finally`, which may run just after the client
+    # has its status: wait for the count rather than race it.
+    deadline = time.monotonic() + 5
+    while 'relay_requests_total{code="INVALID_ARGUMENT"} 1.0' not in _metrics_text(server):
+        assert time.monotonic() < deadline, _metrics_text(server)
+        time.sleep(0.02)
+    text = _metrics_text(server)
     assert 'relay_requests_total{code="OK"} 1.0' in text
-    assert 'relay_requests_total{code="INVALID_ARGUMENT"} 1.0' in text
     assert "relay_generated_tokens_total 3.0" in text
 
 
@@ -104,3 +109,27 @@ def test_a_stream_dropped_by_the_client_closes_its_session(stub, server) -> None
     assert code_of(lambda: relay(stub, session_id=session, context_len=3, delta_ids=[7])) == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
+
+
+def test_kv_budget_is_reserved_before_allocating(llm_backend) -> None:
+    from tests.grpc.server_thread import ServerThread, config
+
+    per_token = llm_backend.kv_bytes_per_token()
+    assert per_token > 0
+    with ServerThread(llm_backend, config(max_kv_bytes=per_token * 40)) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.RelayServiceStub(channel)
+            # 10 context + 50 new tokens could not fit: refused up front, nothing generated.
+            assert code_of(lambda: relay(stub, delta_ids=list(range(1, 11)), max_new_tokens=50)) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
+            assert "relay_generated_tokens_total 0.0" in _metrics_text(server)
+            # A relay that fits is served, stateless or not, and releases what it reserved.
+            assert relay(stub, delta_ids=list(range(1, 11)), max_new_tokens=20)[-1].HasField("done")
+            assert server.running.servicer.store.stateless_reserved == 0
+
+
+def _metrics_text(server) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(server.running.servicer.metrics.registry).decode()
