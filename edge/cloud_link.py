@@ -93,6 +93,7 @@ class CloudLink:
         self._consumer_s = 0.0
         self._session_id = ""
         self._session_ids: list[int] = []
+        self._call = None  # the Relay call in flight, so another thread can cancel it
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class CloudLink:
         self.last.bytes_up += request.ByteSize() + GRPC_FRAME_BYTES
         deadline = self.deadline_for(len(request.delta_ids), n)
         call = self._stub.Relay(request, timeout=deadline, metadata=self._metadata)
+        self._call = call
         received = False
         try:
             for chunk in call:
@@ -197,6 +199,12 @@ class CloudLink:
             raise
         self._forget_session()
         raise CloudError("cloud stream ended without a final message", transient=True)
+
+    def cancel_current(self) -> None:
+        """Cancel the relay in flight, even while it waits for the LLM's prefill (thread-safe)."""
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     def _request(self, context: list[int], n: int, sampling: Sampling) -> object:
         params = pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p)

@@ -194,22 +194,37 @@ class AnswerStream:
         s = self.settings
         sampling = Sampling(s.temperature, s.top_p, s.seed + len(self.record.relays))
         tokens = link.relay(action.context, action.n, sampling)
+        relaying = threading.Event()
+        relaying.set()
+        threading.Thread(target=self._cancel_watch, args=(link, relaying), daemon=True).start()
         try:
             for ids in tokens:
                 yield from self._emit(self.machine.on_llm_tokens(ids))
                 if self.cancel.is_set():
                     break
         except CloudError as exc:
+            if self.cancel.is_set():  # our own cancel, not a cloud failure
+                self._book_relay(relay, link, error="cancelled")
+                return self.machine.cancel()
             self._book_relay(relay, link, error=str(exc))
             self.engine.cloud_failed(exc)
             self.record.fallbacks.append(str(exc))
             return self.machine.on_cloud_failed(str(exc), link.last.round_trip_ms)
         finally:
+            relaying.clear()
             tokens.close()  # a cancelled relay: cancel the gRPC call now, not at garbage collection
         self._book_relay(relay, link)
         self.engine.cloud_succeeded()
         self._check_budget()
         return self.machine.on_cloud_done(link.last.finish or "abort", link.last.round_trip_ms)
+
+    def _cancel_watch(self, link: CloudLink, relaying: threading.Event) -> None:
+        """Esc must not wait for the LLM's first token: cancel the call as soon as asked."""
+        while relaying.is_set():
+            if self.cancel.wait(0.05):
+                if relaying.is_set() and hasattr(link, "cancel_current"):
+                    link.cancel_current()
+                return
 
     def _book_relay(self, relay: RelayCost, link: CloudLink, error: str = "") -> None:
         out = link.last

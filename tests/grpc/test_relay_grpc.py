@@ -357,3 +357,26 @@ def test_two_relays_on_one_session_queue_and_do_not_interleave(llm_backend) -> N
     done = result[-1].done
     assert done.usage.cached_tokens == 6 and done.timings.queue_ms > 50  # it waited for the first
     assert min(stamps["second"]) > max(stamps["first"])  # one after the other, never interleaved
+
+
+class SlowPrefill(SlowBackend):
+    """The first step of every relay (the prefill) takes `delay_s`; decode steps are quick."""
+
+    def forward(self, cache, ids):
+        if len(ids) > 1:
+            time.sleep(self.delay_s)
+        return self.inner.forward(cache, ids)
+
+
+def test_cancel_takes_effect_while_waiting_for_the_first_llm_token(llm_backend, slm, vocab, tiny_onnx) -> None:
+    with ServerThread(SlowPrefill(llm_backend, delay_s=3.0), config()) as server:
+        engine = engine_for(slm, vocab, server.address, tiny_onnx)
+        cancel = threading.Event()
+        stream = engine.answer(MESSAGES, RelaySettings(policy="cloud-only", max_new_tokens=50), cancel)
+        threading.Timer(0.3, cancel.set).start()
+        started = time.monotonic()
+        events = list(stream)
+        waited = time.monotonic() - started
+    assert events[-1].reason == "cancelled" and stream.record.llm_tokens == 0
+    assert waited < 2.0  # not the 3 s prefill
+    assert engine.cloud_state != "offline" and not stream.record.fallbacks  # a cancel is not a cloud failure
