@@ -213,22 +213,65 @@ class SlowBackend:
         return self.inner.kv_bytes_per_token()
 
 
-def test_concurrent_sessions_do_not_block_each_other(server, tiny_onnx, vocab) -> None:
+def test_concurrent_sessions_interleave(llm_backend, tiny_onnx, vocab) -> None:
+    """Three answers at once: the server steps them in turn (token timestamps overlap in time),
+    instead of finishing one before starting the next; all three are the same greedy answer."""
     results: list[list[int]] = []
+    spans: list[tuple[float, float]] = []
 
-    def one() -> None:
+    def one(address: str) -> None:
         slm = OnnxSlm.load(tiny_onnx, provider="cpu", threads=1)
-        stream, _ = run(
-            engine_for(slm, vocab, server.address, tiny_onnx), RelaySettings(policy="cloud-only", max_new_tokens=12)
+        stream = engine_for(slm, vocab, address, tiny_onnx).answer(
+            MESSAGES, RelaySettings(policy="cloud-only", max_new_tokens=12)
         )
+        stamps = [time.monotonic() for e in stream if isinstance(e, TokenEvent)]
         results.append(stream.machine.answer_ids)
+        spans.append((stamps[0], stamps[-1]))
 
-    threads = [threading.Thread(target=one) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with ServerThread(SlowBackend(llm_backend, delay_s=0.02), config()) as server:
+        threads = [threading.Thread(target=one, args=(server.address,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
     assert len(results) == 3 and results[0] == results[1] == results[2]
+    latest_start = max(start for start, _ in spans)
+    earliest_end = min(end for _, end in spans)
+    assert latest_start < earliest_end  # every answer was still streaming when the last one began
+
+
+def test_entropy_answer_survives_a_server_killed_mid_answer(llm_backend, slm, vocab, tiny_onnx) -> None:
+    server = ServerThread(SlowBackend(llm_backend, delay_s=0.02), config()).__enter__()
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=4, max_relays=3, max_new_tokens=20)
+    stream = engine.answer(MESSAGES, settings)
+    for event in stream:
+        if isinstance(event, TokenEvent) and event.source == "llm" and server.running is not None:
+            server.stop(grace=0)
+    record = stream.record
+    assert record.finish == "max_tokens" and record.answer_tokens == 20  # the SLM finished it
+    assert record.relays[-1].error and engine.cloud_state == "reconnecting"
+    assert len(stream.machine.answer_ids) == 20 and record.slm_tokens > 0
+
+
+def test_a_relay_that_times_out_falls_back_to_the_slm(llm_backend, slm, vocab, tiny_onnx) -> None:
+    with ServerThread(SlowBackend(llm_backend, delay_s=1.0), config()) as server:
+        engine = engine_for(slm, vocab, server.address, tiny_onnx)
+        engine.link.timeout_s = 0.5
+        engine.link.per_token_s = 0.01  # the deadline stays at its 0.5 s floor
+        stream, _ = run(engine, RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=4, max_new_tokens=8))
+    assert "timed out" in stream.record.fallbacks[0] and stream.record.slm_tokens == 8
+    assert engine.cloud_state == "reconnecting"
+
+
+def test_budget_stops_relaying_and_says_so(server, slm, vocab, tiny_onnx) -> None:
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_relays=4, max_new_tokens=16)
+    free, _ = run(engine, settings)
+    assert len(free.record.relays) == 4
+    capped, events = run(engine, settings.model_copy(update={"budget_usd": 1e-12}))
+    assert len(capped.record.relays) == 1 and "budget reached" in capped.record.fallbacks
+    assert capped.record.answer_tokens == 16
 
 
 def test_garbage_from_the_cloud_falls_back_to_the_slm(server, slm, vocab, tiny_onnx) -> None:

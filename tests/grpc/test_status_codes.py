@@ -59,17 +59,79 @@ def test_open_session_with_wrong_tokenizer(stub) -> None:
     )
 
 
-def test_deadline_stops_generation(stub, server) -> None:
-    session = stub.OpenSession(pb.OpenSessionRequest()).session_id
-    request = pb.RelayRequest(session_id=session, delta_ids=[5], max_new_tokens=1000)
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.Relay(request, timeout=0.05))
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # the cancelled session is dropped; the server keeps serving
-    assert code_of(lambda: relay(stub, session_id=session, context_len=1, delta_ids=[6])) in (
-        grpc.StatusCode.FAILED_PRECONDITION,
+def test_deadline_stops_generation(llm_backend) -> None:
+    """The model stops stepping when the deadline passes: counted in the backend, not inferred."""
+    import time
+
+    from tests.grpc.server_thread import ServerThread, config
+
+    counting = CountingBackend(llm_backend, delay_s=0.02)
+    with ServerThread(counting, config()) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.RelayServiceStub(channel)
+        session = stub.OpenSession(pb.OpenSessionRequest()).session_id
+        request = pb.RelayRequest(session_id=session, delta_ids=[5], max_new_tokens=1000)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Relay(request, timeout=0.3))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.3)
+        steps = counting.steps
+        time.sleep(0.5)
+        assert counting.steps == steps < 100  # nothing ran after the deadline; far from 1000 steps
+        # the cancelled session is dropped; the server keeps serving
+        assert code_of(lambda: relay(stub, session_id=session, context_len=1, delta_ids=[6])) == (
+            grpc.StatusCode.FAILED_PRECONDITION
+        )
+        done = relay(stub, delta_ids=[1, 2])[-1].done
+        assert done.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+
+
+class CountingBackend:
+    """Wraps a backend, counts model steps and sleeps in each."""
+
+    def __init__(self, inner, delay_s: float = 0.0) -> None:
+        self.inner, self.delay_s, self.info, self.steps = inner, delay_s, inner.info, 0
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def forward(self, cache, ids):
+        import time
+
+        self.steps += 1
+        time.sleep(self.delay_s)
+        return self.inner.forward(cache, ids)
+
+    def cache_nbytes(self, cache) -> int:
+        return self.inner.cache_nbytes(cache)
+
+    def kv_bytes_per_token(self) -> int:
+        return self.inner.kv_bytes_per_token()
+
+
+def test_server_side_sampling_parameters(stub) -> None:
+    greedy = [c.tokens.ids[0] for c in relay(stub, delta_ids=[1, 2, 3], max_new_tokens=6)[:-1]]
+    # top_k=1 is greedy whatever the temperature; the same seed gives the same sample.
+    top1 = relay(
+        stub, delta_ids=[1, 2, 3], max_new_tokens=6, sampling=pb.SamplingParams(temperature=2.0, top_k=1, seed=3)
     )
-    assert relay(stub, delta_ids=[1, 2])[-1].done.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+    assert [c.tokens.ids[0] for c in top1[:-1]] == greedy
+    hot = dict(delta_ids=[1, 2, 3], max_new_tokens=12, sampling=pb.SamplingParams(temperature=5.0, seed=11))
+    first, again = relay(stub, **hot), relay(stub, **hot)
+    assert [c.tokens.ids[0] for c in first[:-1]] == [c.tokens.ids[0] for c in again[:-1]]
+    other = relay(stub, **(hot | {"sampling": pb.SamplingParams(temperature=5.0, seed=12)}))
+    assert [c.tokens.ids[0] for c in other[:-1]] != [c.tokens.ids[0] for c in first[:-1]]
+    # top_p tiny keeps only the top token: greedy again.
+    nucleus = relay(
+        stub, delta_ids=[1, 2, 3], max_new_tokens=6, sampling=pb.SamplingParams(temperature=1.0, top_p=1e-6)
+    )
+    assert [c.tokens.ids[0] for c in nucleus[:-1]] == greedy
+    # stop_ids: generation ends on the first greedy token when it is a stop id.
+    stopped = relay(stub, delta_ids=[1, 2, 3], max_new_tokens=6, stop_ids=[greedy[0]])
+    assert len(stopped) == 2 and stopped[-1].done.finish_reason == pb.FINISH_REASON_EOS
+    # logprobs: one per token when asked, log-probabilities (<= 0); none otherwise.
+    with_lp = relay(stub, delta_ids=[1, 2, 3], max_new_tokens=3, return_logprobs=True)
+    assert all(len(c.tokens.logprobs) == 1 and c.tokens.logprobs[0] <= 0 for c in with_lp[:-1])
+    assert all(not c.tokens.logprobs for c in relay(stub, delta_ids=[1, 2, 3], max_new_tokens=3)[:-1])
 
 
 def test_model_info(stub) -> None:
