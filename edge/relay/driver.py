@@ -12,7 +12,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +35,32 @@ class SlmBackend(Protocol):
 
     def forward(self, ids: list[int]) -> np.ndarray:
         """Append `ids` to the cache; logits of the next token."""
+
+
+@runtime_checkable
+class AnswerStreamLike(Protocol):
+    """What an answer is to its consumers: an iterator of events with the record and text."""
+
+    record: CostRecord
+    text: str
+
+    def __iter__(self) -> Iterator[RelayEvent]: ...
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """What the chat app and `relay ask` use of an engine: `RelayEngine` implements it, and so does
+    the UI tests' scripted engine (checked in the tests), so the two cannot drift apart."""
+
+    cloud_state: str
+    cloud_address: str | None
+    max_context: int
+
+    def count_tokens(self, messages: list[dict]) -> int: ...
+
+    def answer(
+        self, messages: list[dict], settings: RelaySettings, cancel: threading.Event | None = None
+    ) -> AnswerStreamLike: ...
 
 
 class Backoff:

@@ -46,6 +46,7 @@ from textual.worker import Worker, get_current_worker
 from common.errors import UserError
 from edge.cost import CostRecord, PriceTable
 from edge.events import Notice, RelayEvent, RelayFinished
+from edge.relay.driver import ChatEngine
 from edge.relay.settings import POLICIES, RelaySettings
 from edge.ui.history import ChatMessage, Conversation, HistoryError, HistoryStore, export_markdown
 from edge.ui.render import AnswerView, chat_cost, cloud_state_text, live_record, record_from_dict
@@ -161,7 +162,7 @@ class ChatApp(App[None]):
 
     def __init__(
         self,
-        engine: Any,
+        engine: ChatEngine,
         settings: RelaySettings | None = None,
         history_path: str | Path = "history.db",
         export_dir: str | Path | None = None,

@@ -419,3 +419,27 @@ def test_cli_builds_config_from_flags_and_runs_the_app(monkeypatch: pytest.Monke
     args = parser.parse_args(["chat"])  # no flags: the embedded default, history in the user data dir
     assert args.func(args) == 0 and seen["overrides"] == []
     assert seen["app"].history_path == cli.default_history_path()  # type: ignore[attr-defined]
+
+
+def test_scripted_engine_and_real_engine_share_the_chat_engine_protocol(tiny_onnx) -> None:
+    """The UI's fake is held to the same typed Protocol as the real engine, member by member and
+    signature by signature, so the fake cannot drift from what the app really gets."""
+    import inspect
+
+    from edge.relay.driver import AnswerStreamLike, ChatEngine, RelayEngine
+    from edge.relay.settings import RelaySettings
+    from edge.runtime import OnnxSlm
+    from edge.vocab import Vocab
+    from tests.fakes_ui import ScriptedEngine
+
+    real = RelayEngine(OnnxSlm.load(tiny_onnx, provider="cpu", threads=1), Vocab.load(tiny_onnx), None)
+    fake = ScriptedEngine(script())
+    for engine in (real, fake):
+        assert isinstance(engine, ChatEngine)
+        assert isinstance(
+            engine.answer([{"role": "user", "content": "hi"}], RelaySettings(max_new_tokens=2)), AnswerStreamLike
+        )
+    for name in ("answer", "count_tokens"):
+        protocol = list(inspect.signature(getattr(ChatEngine, name)).parameters)
+        assert list(inspect.signature(getattr(RelayEngine, name)).parameters) == protocol
+        assert list(inspect.signature(getattr(ScriptedEngine, name)).parameters) == protocol
