@@ -163,6 +163,7 @@ class AnswerStream:
             settings,
             cloud_available=engine.cloud_usable,
             cloud_max_n=getattr(engine.link, "max_n", None),
+            cloud_max_context=getattr(engine.link, "max_context", None),
         )
         self.record = CostRecord(prompt_tokens=len(prompt))
         if not self.machine.cloud_usable and settings.policy != "never":

@@ -99,10 +99,13 @@ class RelayMachine:
         *,
         cloud_available: bool = True,
         cloud_max_n: int | None = None,
+        cloud_max_context: int | None = None,
     ) -> None:
         self.settings = settings
         self.cloud_max_n = cloud_max_n
         """The server's cap on N per relay (ModelInfo); longer cloud-only answers take several relays."""
+        self.cloud_max_context = cloud_max_context
+        """The server's context limit (ModelInfo): N is cut so the LLM's context stays inside it."""
         self.tok = tokenizer
         self.prompt_ids = list(prompt_ids)
         self.answer_ids: list[int] = []
@@ -261,11 +264,30 @@ class RelayMachine:
         self._relay_received = 0
         self._llm_eos = False
         cap = self.cloud_max_n or self.remaining
+        if self.cloud_max_context:
+            cap = min(cap, self.cloud_max_context - 1 - len(self.llm_context))
         granted = max(0, min(n_requested, self.settings.max_n, self.remaining, cap))
         if trigger == "cloud-only":
-            granted = min(self.remaining, cap)
+            granted = max(0, min(self.remaining, cap))
+        if granted == 0 and n_requested > 0:  # the LLM's context is full: the SLM goes on alone
+            self.relays -= 1
+            self.disable_cloud("the LLM's context is full")
+            events.append(Notice("cloud_unavailable", "the LLM's context is full"))
+            if trigger == "cloud-only":
+                return events, Decode(self._take_feed())
+            return self._resume(events)
         events.append(RelayStarted(self.relays, n_requested, granted, trigger))  # type: ignore[arg-type]
         return events, CallCloud(list(self.llm_context), granted)
+
+    def _resume(self, events: list[RelayEvent]) -> Step:
+        """Carry on with the SLM after a relay that was not made."""
+        if self.remaining <= 0:
+            return self._finish(events, "max_tokens")
+        feed = self._take_feed()
+        if feed:
+            return events, Decode(feed)
+        more, action = self.on_logits(self._last_logits)
+        return events + more, action
 
     def _commit_segment(self) -> None:
         seg = self._segment

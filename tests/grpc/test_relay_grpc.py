@@ -153,6 +153,23 @@ def test_transient_refusal_backs_off_then_relays_again(server, slm, vocab, tiny_
     assert engine.cloud_state == "connected" and engine.backoff.failures == 0
 
 
+def test_a_real_resource_exhausted_refusal_then_recovery(server, slm, vocab, tiny_onnx) -> None:
+    from edge.relay.driver import Backoff
+
+    now = [0.0]
+    store = server.running.servicer.store
+    engine = engine_for(slm, vocab, server.address, tiny_onnx)
+    engine.backoff = Backoff(first_s=1, clock=lambda: now[0])
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_relays=2, max_new_tokens=8)
+    budget, store.max_kv_bytes = store.max_kv_bytes, 1  # the server is out of KV memory
+    refused, _ = run(engine, settings)
+    assert "RESOURCE_EXHAUSTED" in refused.record.fallbacks[0] and engine.cloud_state == "reconnecting"
+    store.max_kv_bytes = budget  # memory is back
+    now[0] += 2
+    again, _ = run(engine, settings)
+    assert len(again.record.relays) == 2 and again.record.llm_tokens > 0 and engine.cloud_state == "connected"
+
+
 def test_permanent_error_turns_the_cloud_off(server, slm, vocab, tiny_onnx) -> None:
     engine = engine_for(slm, vocab, server.address, tiny_onnx)
     engine.link = FlakyLink(engine.link, CloudError("cloud error UNAUTHENTICATED: wrong token"))

@@ -242,3 +242,29 @@ def test_server_cap_clamps_n_and_splits_cloud_only_answers() -> None:
     assert run.calls[0].n == 50
     capped = RelayMachine(encode("Q?"), view(), RelaySettings(), cloud_max_n=8)
     assert capped._call([], 50, "command")[1].n == 8
+
+
+def test_server_context_limit_cuts_n_and_then_stops_relaying() -> None:
+    prompt = encode("Q?")  # 2 tokens
+    settings = RelaySettings(policy="entropy", entropy_tau=0.5, fixed_n=8, max_relays=3)
+    slm = ScriptedSlm(encode("abcdef"), uncertain=frozenset({1, 4}))
+    from edge.relay.machine import RelayMachine
+    from tests.fakes import view
+
+    machine = RelayMachine(prompt, view(), settings, cloud_max_context=8)
+    events, action = machine.start()
+    fed = []
+    calls = []
+    while not hasattr(action, "reason"):
+        if hasattr(action, "feed"):
+            fed += action.feed
+            events, action = machine.on_logits(slm.logits(machine.answer_sources.count("slm")))
+        else:
+            calls.append(action)
+            machine.on_llm_tokens(encode("XYZ"[: action.n]))
+            events, action = machine.on_cloud_done("length")
+    # context 2 + "a" = 3 tokens: N cut to 8 - 1 - 3 = 4 (asked 8). After "aXYZ" + "bcd" the
+    # context is 10 > 7: the second relay is not made and the SLM carries on.
+    assert [c.n for c in calls] == [4]
+    assert fed == prompt + machine.answer_ids
+    assert not machine.cloud_usable and "context is full" in machine.cloud_reason
