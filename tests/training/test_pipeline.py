@@ -328,3 +328,30 @@ def test_streamed_llm_span_equals_the_whole_span_computation(recipe, local_slm, 
         preds = local_slm.greedy_predictions(context, words) if words else []
         n = round_up_n(agreement_n(words, preds, min_n=min_n, run=run)) if words else 1
         assert builder._llm_span(context) == (n, span[:n])
+
+
+def test_malformed_question_rows_and_missing_data_are_one_line_errors(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from training.questions import read_questions
+
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "b", "question": "no answer"}\n')
+    with pytest.raises(UserError, match=r"q.jsonl:2: malformed question row"):
+        read_questions(bad)
+    root = Path(__file__).resolve().parents[2]
+    for args, message in (
+        (["sft", "--recipe", "smoke", "--data", str(tmp_path / "none.jsonl")], "error: no warm-up examples at"),
+        (["warmup", "--recipe", "nosuch"], "error: unknown recipe 'nosuch'"),
+        (["grpo", "--recipe", "smoke", "--set", "grpo.group_size=1"], "error: invalid config at grpo.group_size"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "relaycli.main", "train", *args],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
