@@ -23,22 +23,13 @@ from typing import Literal
 
 from common.errors import UserError
 from models.cache import is_complete, locked, publish_dir, read_marker
+from models.identity import TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
 
 Quant = Literal["fp32", "int8", "int8-dynamic"]
 QUANTS: tuple[Quant, ...] = ("fp32", "int8", "int8-dynamic")
 PARITY_PROMPT = "Tom has 3 boxes with 4 apples in each box. He eats 2 apples. How many are left?"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-)
 
 
 EXPORT_FORMAT = 2

@@ -31,6 +31,18 @@ from typing import Any
 
 from common.errors import UserError
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+"""The files that make a model folder's tokenizer and chat template (copied with exports, merges)."""
+
 
 def tokenizer_sha256(model_dir: Path) -> str:
     """sha256 of the normalized vocabulary, merges and added tokens of `model_dir/tokenizer.json`."""

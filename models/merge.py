@@ -13,18 +13,9 @@ import shutil
 from pathlib import Path
 
 from common.errors import UserError
+from models.identity import TOKENIZER_FILES
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-)
 
 
 def adapter_digest(adapter_dir: Path) -> str:

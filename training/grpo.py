@@ -32,7 +32,7 @@ from training.lockstep import LockstepBatcher, SlotLink, run_lockstep
 from training.questions import EvalGuard, Question, check_no_eval_leak
 from training.rewards import make_trl_reward
 from training.rollout import Rollout, TorchSlm, run_rollout
-from training.sft import last_checkpoint, lora_config, publish
+from training.sft import last_checkpoint, load_tokenizer, lora_config, publish, trainer_kwargs
 from training.warmup import append_jsonl, read_jsonl, repair_jsonl
 
 
@@ -203,7 +203,7 @@ def run_grpo(
 ) -> Path:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     from models.supply import ensure_model
@@ -235,13 +235,9 @@ def run_grpo(
     if not kept:
         raise UserError("no question passed the teacher filter; lower grpo.teacher_min_pass or add questions")
     rows = [{"prompt": messages_for(q.question), "id": q.id, "answer": q.answer} for q in kept]
-    tokenizer = AutoTokenizer.from_pretrained(slm_dir, fix_mistral_regex=False)  # see cloud/backend.py
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(slm_dir)
     args = GRPOConfig(
-        output_dir=str(out / "checkpoints"),
         max_steps=g.steps,
-        learning_rate=g.learning_rate,
         beta=g.beta,
         epsilon=g.epsilon,
         epsilon_high=g.epsilon_high,
@@ -250,14 +246,7 @@ def run_grpo(
         per_device_train_batch_size=g.group_size,
         gradient_accumulation_steps=g.prompts_per_step,
         max_completion_length=g.max_new_tokens + 1,
-        logging_steps=1,
-        save_steps=g.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0,
+        **trainer_kwargs(out, learning_rate=g.learning_rate, save_steps=g.save_steps, seed=config.seed),
     )
     rollouts = RelayRollouts(
         vocab,

@@ -67,6 +67,34 @@ def lora_config(section: LoraSection):
     )
 
 
+def trainer_kwargs(out: Path, *, learning_rate: float, save_steps: int, seed: int) -> dict:
+    """TrainingArguments both stages share: checkpoints under `out`, logs every step, CPU or GPU."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return {
+        "output_dir": str(out / "checkpoints"),
+        "learning_rate": learning_rate,
+        "logging_steps": 1,
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "seed": seed,
+        "use_cpu": not gpu,
+        "bf16": gpu and torch.cuda.is_bf16_supported(),
+        "dataloader_num_workers": 0,
+    }
+
+
+def load_tokenizer(slm_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(slm_dir, fix_mistral_regex=False)  # see cloud/backend.py
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def last_checkpoint(folder: Path) -> str | None:
     ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
@@ -84,7 +112,7 @@ def publish(src_save, final: Path) -> None:
 def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | None = None) -> Path:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from models.supply import ensure_model
@@ -99,27 +127,16 @@ def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | No
     print(f"SFT on {len(rows)} examples from {data} ({dropped} longer than {s.max_length} tokens dropped)")
     if config.models.threads:
         torch.set_num_threads(config.models.threads)
-    tokenizer = AutoTokenizer.from_pretrained(slm_dir, fix_mistral_regex=False)  # see cloud/backend.py
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(slm_dir)
     model = AutoModelForCausalLM.from_pretrained(slm_dir, dtype=torch.float32)
     args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
         num_train_epochs=s.epochs,
-        learning_rate=s.learning_rate,
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum,
         warmup_ratio=s.warmup_ratio,
         max_length=s.max_length,
         completion_only_loss=True,
-        logging_steps=1,
-        save_steps=s.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0,
+        **trainer_kwargs(out, learning_rate=s.learning_rate, save_steps=s.save_steps, seed=config.seed),
     )
     trainer = SFTTrainer(
         model=model,

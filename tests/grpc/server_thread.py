@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cloud.backend import TransformersBackend
 from cloud.config import CloudConfig
 from cloud.server import BackgroundServer as ServerThread
 
-__all__ = ["ServerThread", "config", "tiny_backend"]
+__all__ = ["ServerThread", "SlowBackend", "config", "tiny_backend"]
 
 
 def tiny_backend(llm_dir: Path) -> TransformersBackend:
@@ -17,3 +18,25 @@ def tiny_backend(llm_dir: Path) -> TransformersBackend:
 
 def config(**overrides) -> CloudConfig:
     return CloudConfig(host="127.0.0.1", port=0, **overrides)
+
+
+class SlowBackend:
+    """Wraps a backend, sleeps `delay_s` in every model step and counts the steps, so a test can
+    act mid-stream and check what ran."""
+
+    def __init__(self, inner, delay_s: float = 0.0) -> None:
+        self.inner, self.delay_s, self.info, self.steps = inner, delay_s, inner.info, 0
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def forward(self, cache, ids):
+        self.steps += 1
+        time.sleep(self.delay_s)
+        return self.inner.forward(cache, ids)
+
+    def cache_nbytes(self, cache) -> int:
+        return self.inner.cache_nbytes(cache)
+
+    def kv_bytes_per_token(self) -> int:
+        return self.inner.kv_bytes_per_token()

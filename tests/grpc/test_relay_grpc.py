@@ -20,7 +20,7 @@ from edge.relay.settings import RelaySettings
 from edge.runtime import OnnxSlm
 from edge.vocab import Vocab
 from models.identity import tokenizer_sha256
-from tests.grpc.server_thread import ServerThread, config
+from tests.grpc.server_thread import ServerThread, SlowBackend, config
 
 MESSAGES = [{"role": "user", "content": "Tom has 3 boxes with 4 apples in each box."}]
 
@@ -208,26 +208,6 @@ def test_health_and_reflection(server) -> None:
     with grpc.insecure_channel(server.address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
-
-
-class SlowBackend:
-    """Wraps a backend and sleeps in every step, so a test can act mid-stream."""
-
-    def __init__(self, inner, delay_s: float) -> None:
-        self.inner, self.delay_s, self.info = inner, delay_s, inner.info
-
-    def new_cache(self):
-        return self.inner.new_cache()
-
-    def forward(self, cache, ids):
-        time.sleep(self.delay_s)
-        return self.inner.forward(cache, ids)
-
-    def cache_nbytes(self, cache) -> int:
-        return self.inner.cache_nbytes(cache)
-
-    def kv_bytes_per_token(self) -> int:
-        return self.inner.kv_bytes_per_token()
 
 
 def test_concurrent_sessions_interleave(llm_backend, tiny_onnx, vocab) -> None:

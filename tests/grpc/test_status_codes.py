@@ -63,9 +63,9 @@ def test_deadline_stops_generation(llm_backend) -> None:
     """The model stops stepping when the deadline passes: counted in the backend, not inferred."""
     import time
 
-    from tests.grpc.server_thread import ServerThread, config
+    from tests.grpc.server_thread import ServerThread, SlowBackend, config
 
-    counting = CountingBackend(llm_backend, delay_s=0.02)
+    counting = SlowBackend(llm_backend, delay_s=0.02)
     with ServerThread(counting, config()) as server, grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.RelayServiceStub(channel)
         session = stub.OpenSession(pb.OpenSessionRequest()).session_id
@@ -83,29 +83,6 @@ def test_deadline_stops_generation(llm_backend) -> None:
         )
         done = relay(stub, delta_ids=[1, 2])[-1].done
         assert done.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
-
-
-class CountingBackend:
-    """Wraps a backend, counts model steps and sleeps in each."""
-
-    def __init__(self, inner, delay_s: float = 0.0) -> None:
-        self.inner, self.delay_s, self.info, self.steps = inner, delay_s, inner.info, 0
-
-    def new_cache(self):
-        return self.inner.new_cache()
-
-    def forward(self, cache, ids):
-        import time
-
-        self.steps += 1
-        time.sleep(self.delay_s)
-        return self.inner.forward(cache, ids)
-
-    def cache_nbytes(self, cache) -> int:
-        return self.inner.cache_nbytes(cache)
-
-    def kv_bytes_per_token(self) -> int:
-        return self.inner.kv_bytes_per_token()
 
 
 def test_server_side_sampling_parameters(stub) -> None:
