@@ -355,3 +355,33 @@ def test_malformed_question_rows_and_missing_data_are_one_line_errors(tmp_path) 
         )
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+
+
+def test_registry_adapter_source_merges_once_on_pull(recipe, tiny_pair, tmp_path) -> None:
+    from models.registry import load_registry
+    from models.supply import Supplier
+    from training.sft import run_sft
+
+    data = tmp_path / "examples.jsonl"
+    _write_examples(data, rows=1)
+    adapter = run_sft(recipe, data, tmp_path / "sft", guard=NO_GUARD)
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        "default_pair: p\n"
+        f"models:\n  base: {{source: {{type: local, path: {tiny_pair[0]}}}}}\n"
+        f"  llm: {{source: {{type: local, path: {tiny_pair[1]}}}}}\n"
+        "  relay: {source: {type: adapter, base: base, path: sft/final}}\n"
+        "pairs:\n  p: {slm: relay, llm: llm}\n"
+    )
+    supplier = Supplier(tmp_path / "cache", load_registry(registry), say=lambda _: None)
+    assert supplier.status("relay") == "not merged"
+    merged = supplier.model("relay")
+    assert (merged / "config.json").is_file() and (merged / "tokenizer.json").is_file()
+    assert supplier.status("relay") == "merged"
+    stamp = (merged / "config.json").stat().st_mtime_ns
+    assert supplier.pair("p").slm_dir == merged and (merged / "config.json").stat().st_mtime_ns == stamp
+    assert adapter.is_dir()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(registry.read_text().replace("base: base", "base: nosuch"))
+    with pytest.raises(UserError, match="adapter base 'nosuch' is not a model"):
+        load_registry(broken)
