@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--mode", choices=("divergence", "paper"), help="override warmup.mode")
         if p.prog.endswith(("sft", "grpo")):
             p.add_argument("--data", type=Path, help="warm-up examples / question JSONL to train on")
-        if p.prog.endswith(("grpo", "ship")):
-            p.add_argument("--adapter", type=Path, help="start from this LoRA adapter (default: the SFT output)")
+        if p.prog.endswith(("sft", "grpo", "ship")):
+            p.add_argument("--adapter", type=Path, help="start from this LoRA adapter (grpo, ship: the SFT output)")
         if p.prog.endswith("ship"):
             p.add_argument("--publish", metavar="NAME", help="also copy the adapter to models/adapters/NAME")
 
@@ -107,7 +107,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     data = args.data or Path(config.out_dir) / f"warmup-{config.warmup.mode}" / "examples.jsonl"
     if not data.is_file():
         raise UserError(f"no warm-up examples at {data} (run `relay train warmup` first or pass --data)")
-    run_sft(config, data, Path(config.out_dir) / "sft")
+    run_sft(config, data, Path(config.out_dir) / "sft", adapter=args.adapter)
     return 0
 
 

@@ -88,6 +88,9 @@ class SftSection(_Section):
     include_llm_tokens: bool = False
     """Train on the LLM's spliced tokens too (distillation); off: only what the SLM writes itself."""
     save_steps: int = Field(20, ge=1)
+    window_after_call: int | None = Field(None, ge=0)
+    """End examples with commands this many SLM tokens after their last LLM span (no EOS there):
+    shorter sequences whose loss is mostly about the decision to call. None: whole answers."""
     lora: LoraSection = LoraSection()
     use_lora: bool = True
 

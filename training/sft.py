@@ -25,30 +25,49 @@ from training.questions import EvalGuard, check_no_eval_leak
 from training.warmup import read_jsonl
 
 
-def encode_example(row: dict, vocab: Vocab, *, include_llm_tokens: bool) -> dict:
-    """input_ids and completion_mask (1 = in the loss) for one warm-up example."""
+def encode_example(row: dict, vocab: Vocab, *, include_llm_tokens: bool, window: int | None = None) -> dict:
+    """input_ids and completion_mask (1 = in the loss) for one warm-up example.
+
+    `window`: an example with commands ends `window` SLM tokens after its last LLM span (and gets
+    no EOS there), so the sequence is mostly about the decision to call, and shorter."""
     try:
         prompt = vocab.encode_chat([{"role": "user", "content": row["prompt"]}])
         ids, mask = list(prompt), [0] * len(prompt)
-        for seg in row["segments"]:
+        segments = row["segments"]
+        sources = [seg["source"] for seg in segments]
+        last_llm = len(sources) - 1 - sources[::-1].index("llm") if window is not None and "llm" in sources else None
+        for i, seg in enumerate(segments):
             piece = vocab.encode(seg["text"])
+            if last_llm is not None and i > last_llm:
+                piece = piece[:window]
             learn = seg["source"] in ("slm", "command") or include_llm_tokens
             ids += piece
             mask += [int(learn)] * len(piece)
+            if last_llm is not None and i > last_llm:
+                return {"input_ids": ids, "completion_mask": mask}
     except (KeyError, TypeError) as exc:
         raise UserError(f"malformed warm-up example {row.get('id', '?')!r}: {type(exc).__name__}: {exc}") from None
-    ids.append(vocab.eos_ids[0])
-    mask.append(1)
+    if last_llm is None or last_llm == len(segments) - 1:
+        ids.append(vocab.eos_ids[0])
+        mask.append(1)
     return {"input_ids": ids, "completion_mask": mask}
 
 
-def load_examples(path: Path, vocab: Vocab, *, include_llm_tokens: bool, max_length: int, guard: EvalGuard | None):
+def load_examples(
+    path: Path,
+    vocab: Vocab,
+    *,
+    include_llm_tokens: bool,
+    max_length: int,
+    guard: EvalGuard | None,
+    window: int | None = None,
+):
     rows = list(read_jsonl(path))
     if not rows:
         raise UserError(f"no warm-up examples in {path}")
     if guard is not None:
         check_no_eval_leak([r.get("question", "") for r in rows], guard)
-    encoded = [encode_example(r, vocab, include_llm_tokens=include_llm_tokens) for r in rows]
+    encoded = [encode_example(r, vocab, include_llm_tokens=include_llm_tokens, window=window) for r in rows]
     kept = [e for e in encoded if len(e["input_ids"]) <= max_length]
     if not kept:
         raise UserError(f"every example is longer than sft.max_length={max_length}")
@@ -109,7 +128,9 @@ def publish(src_save, final: Path) -> None:
     tmp.rename(final)
 
 
-def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | None = None) -> Path:
+def run_sft(
+    config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | None = None, adapter: Path | None = None
+) -> Path:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -122,13 +143,24 @@ def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | No
     vocab = Vocab.load(slm_dir)
     guard = guard or EvalGuard.from_benchmarks(config.models.cache_dir)
     rows, dropped = load_examples(
-        data, vocab, include_llm_tokens=s.include_llm_tokens, max_length=s.max_length, guard=guard
+        data,
+        vocab,
+        include_llm_tokens=s.include_llm_tokens,
+        max_length=s.max_length,
+        guard=guard,
+        window=s.window_after_call,
     )
     print(f"SFT on {len(rows)} examples from {data} ({dropped} longer than {s.max_length} tokens dropped)")
     if config.models.threads:
         torch.set_num_threads(config.models.threads)
     tokenizer = load_tokenizer(slm_dir)
     model = AutoModelForCausalLM.from_pretrained(slm_dir, dtype=torch.float32)
+    peft_config = lora_config(s.lora) if s.use_lora else None
+    if adapter is not None:  # another round on top of an earlier adapter
+        from peft import PeftModel
+
+        model, peft_config = PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
+        print(f"continuing from the adapter {adapter}")
     args = SFTConfig(
         num_train_epochs=s.epochs,
         per_device_train_batch_size=s.batch_size,
@@ -143,7 +175,7 @@ def run_sft(config: TrainConfig, data: Path, out: Path, *, guard: EvalGuard | No
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(s.lora) if s.use_lora else None,
+        peft_config=peft_config,
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))

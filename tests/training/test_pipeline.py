@@ -171,6 +171,11 @@ def test_sft_masks_llm_tokens_and_trains_lora(recipe, tmp_path) -> None:
     assert masked == llm_ids and sum(enc["completion_mask"][:prompt_len]) == 0
     assert all(encode_example(row, vocab, include_llm_tokens=True)["completion_mask"][prompt_len:])
 
+    # Windowed: the example ends 2 SLM tokens after the LLM's span, with no EOS.
+    windowed = encode_example(row, vocab, include_llm_tokens=False, window=2)
+    tail = vocab.encode(" so \\boxed{10}")[:2]
+    assert windowed["input_ids"][-2:] == tail and windowed["input_ids"][-len(tail) - len(llm_ids) : -2] == llm_ids
+
     final = run_sft(recipe, data, tmp_path / "sft", guard=NO_GUARD)
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     assert summary["steps"] == 4 and all(math.isfinite(x) for x in summary["losses"])
