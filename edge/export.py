@@ -23,7 +23,7 @@ from typing import Literal
 
 from common.errors import UserError
 from models.cache import is_complete, locked, publish_dir, read_marker
-from models.identity import TOKENIZER_FILES
+from models.identity import TOKENIZER_FILES, quiet_mistral_regex_warning
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def export_fp32(hf_dir: Path, out: Path, *, verify_tokens: int = 24) -> dict:
     if not (hf_dir / "config.json").is_file():
         raise UserError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
     started = time.perf_counter()
+    quiet_mistral_regex_warning()
     main_export(
         str(hf_dir),
         output=str(out),

@@ -204,3 +204,20 @@ def _read_json(file: Path) -> dict[str, Any]:
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {file}: {exc}") from None
+
+
+class _DropMistralRegexWarning:
+    """transformers' Mistral-regex heuristic misfires on the GGUF-built Qwen tokenizer (its
+    pre-tokenizer was checked: it is Qwen2's), and libraries that load it for us (optimum's
+    exporter) cannot be told `fix_mistral_regex=False`. Drop that one warning, nothing else."""
+
+    def filter(self, record) -> bool:
+        return "incorrect regex pattern" not in record.getMessage()
+
+
+def quiet_mistral_regex_warning() -> None:
+    import logging
+
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, _DropMistralRegexWarning) for f in log.filters):
+        log.addFilter(_DropMistralRegexWarning())

@@ -414,3 +414,18 @@ def test_converted_tokenizer_gets_the_models_eos(tmp_path: Path) -> None:
     tokenizer.eos_token = "<|endoftext|>"  # what transformers 4.57 reads from the Qwen GGUF
     _align_eos(tokenizer, [im_end], say=lambda _: None)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == im_end
+
+
+def test_only_the_mistral_regex_warning_is_dropped(caplog) -> None:
+    import logging
+
+    from models.identity import quiet_mistral_regex_warning
+
+    quiet_mistral_regex_warning()
+    quiet_mistral_regex_warning()  # idempotent
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        log.warning("The tokenizer you are loading from 'x' with an incorrect regex pattern: ...")
+        log.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+    assert sum(1 for f in log.filters if type(f).__name__ == "_DropMistralRegexWarning") == 1
