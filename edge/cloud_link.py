@@ -105,7 +105,7 @@ class CloudLink:
                 pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata, wait_for_ready=True
             )
         except grpc.RpcError as exc:
-            raise CloudError(_describe(exc, self.address)) from None
+            raise _cloud_error(exc, self.address) from None
         if tokenizer_sha256 and info.tokenizer_sha256 != tokenizer_sha256:
             raise CloudError(
                 f"cloud model {info.model_id} uses a different tokenizer "
@@ -192,7 +192,7 @@ class CloudLink:
                 self.last.resent_full_context = True
                 yield from self._relay_once(context, n, sampling, allow_resend=False)
                 return
-            raise CloudError(_describe(exc, self.address), transient=exc.code() in TRANSIENT_CODES) from None
+            raise _cloud_error(exc, self.address) from None
         except (GeneratorExit, CloudError):
             call.cancel()
             self._forget_session()
@@ -234,7 +234,7 @@ class CloudLink:
                 metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise CloudError(_describe(exc, self.address), transient=exc.code() in TRANSIENT_CODES) from None
+            raise _cloud_error(exc, self.address) from None
         self._session_id, self._session_ids = response.session_id, []
 
     def _finish(self, done: object, context: list[int]) -> None:
@@ -261,6 +261,10 @@ class CloudLink:
 
     def _forget_session(self) -> None:
         self._session_id, self._session_ids = "", []
+
+
+def _cloud_error(exc: grpc.RpcError, address: str) -> CloudError:
+    return CloudError(_describe(exc, address), transient=exc.code() in TRANSIENT_CODES)
 
 
 def _describe(exc: grpc.RpcError, address: str) -> str:

@@ -161,8 +161,6 @@ class RunCost:
     edge_ms: float = 0.0
     cloud_ms: float = 0.0
     wall_ms: float = 0.0
-    finish: str = ""
-    """Why the answer ended: eos, llm_eos, max_tokens (the answer-token limit cut it), ..."""
     money: float = 0.0
     money_llm_only: float = 0.0
     fallbacks: int = 0

@@ -50,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from models.identity import quiet_mistral_regex_warning
-
-    quiet_mistral_regex_warning()
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
         return int(func(args) or 0)

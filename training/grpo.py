@@ -30,7 +30,7 @@ from evaluation.prompts import messages_for
 from training.config import TrainConfig
 from training.lockstep import LockstepBatcher, SlotLink, run_lockstep
 from training.questions import EvalGuard, Question, check_no_eval_leak
-from training.rewards import make_trl_reward
+from training.rewards import make_trl_reward, math_verify_grader
 from training.rollout import Rollout, TorchSlm, run_rollout
 from training.sft import last_checkpoint, load_tokenizer, lora_config, publish, trainer_kwargs
 from training.warmup import append_jsonl, read_jsonl, repair_jsonl
@@ -137,8 +137,6 @@ def _as_messages(prompt) -> list[dict]:
 
 def teacher_filter(questions: list[Question], engine: RelayEngine, config: TrainConfig, out: Path) -> list[Question]:
     """Questions the LLM alone solves in >= teacher_min_pass of k samples (cached per question)."""
-    from evaluation.grading import grade
-
     g = config.grpo
     cache = out / "teacher_filter.jsonl"
     known = {row["id"]: row for row in read_jsonl(cache) if row.get("k") == g.teacher_samples}
@@ -151,10 +149,7 @@ def teacher_filter(questions: list[Question], engine: RelayEngine, config: Train
             stream = engine.answer(messages_for(q.question), base.model_copy(update={"seed": i}))
             for _ in stream:
                 pass
-            try:
-                passes += grade(stream.text, q.answer).correct
-            except Exception:
-                pass
+            passes += math_verify_grader(stream.text, q.answer)
         row = {"id": q.id, "k": g.teacher_samples, "passes": passes}
         append_jsonl(cache, row)
         known[q.id] = row

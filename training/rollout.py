@@ -15,7 +15,7 @@ unless `include_llm_tokens`), and the sampling log-probabilities of each token.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,7 +169,3 @@ def _logprob(logits: np.ndarray | None, token: int, temperature: float) -> float
     scaled = logits.astype(np.float64) / (temperature if temperature > 0 else 1.0)
     scaled -= scaled.max()
     return float(scaled[token] - np.log(np.exp(scaled).sum()))
-
-
-def group_settings(base: RelaySettings, seeds: Sequence[int]) -> list[RelaySettings]:
-    return [base.model_copy(update={"seed": s}) for s in seeds]

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from evaluation.grading import grade
 from evaluation.prompts import messages_for, user_prompt
 from training.config import TrainConfig, WarmupSection
 from training.insertion import (
@@ -44,6 +43,7 @@ from training.insertion import (
     segments_text,
 )
 from training.questions import EvalGuard, Question, check_no_eval_leak
+from training.rewards import math_verify_grader
 
 EXAMPLES, PROGRESS = "examples.jsonl", "progress.jsonl"
 
@@ -102,19 +102,12 @@ def example_row(q: Question, mode: str, segments: list[Segment], calls: list[dic
     }
 
 
-def _correct(text: str, gold: str) -> bool:
-    try:
-        return grade(text, gold).correct
-    except Exception:  # an ungradable answer is not a correct one
-        return False
-
-
 class WarmupBuilder:
     """One question at a time; `slm` is a `LocalSlm`, `llm` a `TeacherLlm` (or None in paper mode)."""
 
     def __init__(self, slm, llm, settings: WarmupSection, seed: int = 0, grader=None) -> None:
         self.slm, self.llm, self.s, self.seed = slm, llm, settings, seed
-        self.correct = grader or _correct
+        self.correct = grader or math_verify_grader
 
     def build(self, q: Question) -> tuple[dict | None, Outcome]:
         t0 = time.perf_counter()

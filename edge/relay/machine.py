@@ -180,17 +180,7 @@ class RelayMachine:
             RelayFinished(self.relays, self._relay_received, "error", round_trip_ms),
             Notice("cloud_unavailable", reason),
         ]
-        if self.remaining <= 0:
-            return self._finish(events, "max_tokens")
-        feed = self._take_feed()
-        if feed:  # the command's last token, the LLM's tokens, or (cloud-only) the prompt
-            return events, Decode(feed)
-        if self._last_logits is None:  # nothing ever reached the SLM: start from the prompt
-            return events, Decode(list(self.prompt_ids))
-        # A controller relay (entropy/random) failed before any LLM token: everything is already in
-        # the SLM's cache, so sample from the logits it had (the cloud is off now: no trigger).
-        more, action = self.on_logits(self._last_logits)
-        return events + more, action
+        return self._resume(events)
 
     def disable_cloud(self, reason: str) -> None:
         self.cloud_reason = reason
@@ -273,19 +263,21 @@ class RelayMachine:
             self.relays -= 1
             self.disable_cloud("the LLM's context is full")
             events.append(Notice("cloud_unavailable", "the LLM's context is full"))
-            if trigger == "cloud-only":
-                return events, Decode(self._take_feed())
             return self._resume(events)
         events.append(RelayStarted(self.relays, n_requested, granted, trigger))  # type: ignore[arg-type]
         return events, CallCloud(list(self.llm_context), granted)
 
     def _resume(self, events: list[RelayEvent]) -> Step:
-        """Carry on with the SLM after a relay that was not made."""
+        """The SLM carries on alone after a relay that failed or was not made."""
         if self.remaining <= 0:
             return self._finish(events, "max_tokens")
         feed = self._take_feed()
-        if feed:
+        if feed:  # the command's last token, the LLM's tokens, or (cloud-only) the prompt
             return events, Decode(feed)
+        if self._last_logits is None:  # nothing ever reached the SLM: start from the prompt
+            return events, Decode(list(self.prompt_ids))
+        # A controller relay (entropy/random) brought nothing: everything is already in the SLM's
+        # cache, so sample from the logits it had (the cloud is off now: no trigger).
         more, action = self.on_logits(self._last_logits)
         return events + more, action
 
