@@ -39,9 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--publish", metavar="NAME", help="also copy the adapter to models/adapters/NAME")
 
 
+def _given_adapter(args: argparse.Namespace) -> Path | None:
+    """The --adapter the user named, which must exist (a silent fresh start would mislead)."""
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"no LoRA adapter at {adapter} (adapter_config.json missing)")
+    return adapter
+
+
 def _config(args: argparse.Namespace):
     from training.config import load_train_config
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
     overrides = list(args.overrides)
     if getattr(args, "mode", None):
         overrides.append(f"warmup.mode={args.mode}")
@@ -104,10 +114,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from training.sft import run_sft
 
     config = _config(args)
+    adapter = _given_adapter(args)
     data = args.data or Path(config.out_dir) / f"warmup-{config.warmup.mode}" / "examples.jsonl"
     if not data.is_file():
         raise UserError(f"no warm-up examples at {data} (run `relay train warmup` first or pass --data)")
-    run_sft(config, data, Path(config.out_dir) / "sft", adapter=args.adapter)
+    run_sft(config, data, Path(config.out_dir) / "sft", adapter=adapter)
     return 0
 
 
@@ -115,7 +126,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     from training.grpo import run_grpo
 
     config = _config(args)
-    adapter = args.adapter or Path(config.out_dir) / "sft" / "final"
+    adapter = _given_adapter(args) or Path(config.out_dir) / "sft" / "final"
     run_grpo(
         config, _questions(config, args.limit), Path(config.out_dir) / "grpo", adapter if adapter.is_dir() else None
     )
@@ -126,7 +137,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
     from training.ship import ship
 
     config = _config(args)
-    adapter = args.adapter or Path(config.out_dir) / "grpo" / "final"
+    adapter = _given_adapter(args) or Path(config.out_dir) / "grpo" / "final"
     if not adapter.is_dir():
         raise UserError(f"no adapter at {adapter} (train first or pass --adapter)")
     print(ship(config, adapter, publish_as=args.publish))

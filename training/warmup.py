@@ -251,6 +251,10 @@ def datasheet(out: Path) -> dict:
         "call_position_median": round(statistics.median(where), 3) if where else None,
         "llm_char_share": round(llm_chars / all_chars, 4),
         "seconds_per_question": round(statistics.mean(p["seconds"] for p in progress), 1) if progress else None,
+        "seconds_median_by_outcome": {
+            o: round(statistics.median(p["seconds"] for p in progress if p["outcome"] == o), 1)
+            for o in sorted({p["outcome"] for p in progress})
+        },
     }
     (out / "datasheet.json").write_text(json.dumps(sheet, indent=2) + "\n")
     lines = ["# Warm-up datasheet", "", "| field | value |", "|---|---|"]

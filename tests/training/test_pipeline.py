@@ -350,6 +350,8 @@ def test_malformed_question_rows_and_missing_data_are_one_line_errors(tmp_path) 
         (["sft", "--recipe", "smoke", "--data", str(tmp_path / "none.jsonl")], "error: no warm-up examples at"),
         (["warmup", "--recipe", "nosuch"], "error: unknown recipe 'nosuch'"),
         (["grpo", "--recipe", "smoke", "--set", "grpo.group_size=1"], "error: invalid config at grpo.group_size"),
+        (["sft", "--recipe", "smoke", "--adapter", str(tmp_path)], "error: no LoRA adapter at"),
+        (["warmup", "--recipe", "smoke", "--limit", "0"], "error: --limit must be at least 1"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "relaycli.main", "train", *args],
