@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.ready import READY_PREFIX
+from common.steps import Steps
 from edge.cloud_link import CloudError, CloudLink
 from edge.config import EdgeConfig
 from edge.relay.driver import RelayEngine
@@ -36,7 +37,7 @@ class ModelDirs:
     llm: Path | None
 
 
-def resolve_models(config: EdgeConfig, need_llm: bool) -> ModelDirs:
+def resolve_models(config: EdgeConfig, need_llm: bool, steps: Steps | None = None) -> ModelDirs:
     m = config.models
     if m.slm_onnx_dir is not None and not need_llm:
         return ModelDirs(m.slm_onnx_dir, None)
@@ -44,21 +45,23 @@ def resolve_models(config: EdgeConfig, need_llm: bool) -> ModelDirs:
     from models.identity import check_pair
     from models.supply import cache_root, ensure_model, resolve_pair
 
-    pair = resolve_pair(m.pair, cache_dir=m.cache_dir, pull=True)
-    slm_dir = ensure_model(m.slm, cache_dir=m.cache_dir) if m.slm else pair.slm_dir
-    llm_dir = ensure_model(m.llm, cache_dir=m.cache_dir) if m.llm else pair.llm_dir
+    pair = resolve_pair(m.pair, cache_dir=m.cache_dir, pull=True, steps=steps)
+    slm_dir = ensure_model(m.slm, cache_dir=m.cache_dir, steps=steps) if m.slm else pair.slm_dir
+    llm_dir = ensure_model(m.llm, cache_dir=m.cache_dir, steps=steps) if m.llm else pair.llm_dir
     if need_llm:
         check_pair(slm_dir, llm_dir)
-    onnx = m.slm_onnx_dir or ensure_onnx(slm_dir, cache_root(m.cache_dir), m.quant)
+    onnx = m.slm_onnx_dir or ensure_onnx(slm_dir, cache_root(m.cache_dir), m.quant, steps=steps)
     return ModelDirs(onnx, llm_dir if need_llm else None)
 
 
 @contextlib.contextmanager
-def open_engine(config: EdgeConfig, *, say=lambda msg: None) -> Iterator[RelayEngine]:
-    """A RelayEngine for `config`; the embedded cloud (if any) lives as long as the context."""
+def open_engine(config: EdgeConfig, *, say=lambda msg: None, steps: Steps | None = None) -> Iterator[RelayEngine]:
+    """A RelayEngine for `config`; the embedded cloud (if any) lives as long as the context.
+    `steps` reports model preparation and the cloud's start one line each (`common.steps`)."""
+    steps = steps or Steps()
     address = config.cloud.address
     embedded = address == "embedded"
-    dirs = resolve_models(config, need_llm=embedded)
+    dirs = resolve_models(config, need_llm=embedded, steps=steps)
     m = config.models
     slm = OnnxSlm.load(dirs.slm_onnx, provider=m.provider, threads=m.threads, spin=m.spin_threads)
     vocab = Vocab.load(dirs.slm_onnx, vocab_size=slm.vocab_size)
@@ -68,8 +71,9 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None) -> Iterator[RelayEn
         state = "connected"
         if embedded:
             token = secrets.token_urlsafe(24)
-            say("starting the local cloud (loads the LLM)…")
-            address = stack.enter_context(embedded_cloud(config, dirs.llm, token))
+            with steps.step(f"start the local cloud: load {dirs.llm.name if dirs.llm else 'the LLM'}") as step:
+                address = stack.enter_context(embedded_cloud(config, dirs.llm, token))
+                step.detail = f"on {address} (log: {_log_path(config)})"
             state = "embedded"
         link, note = None, ""
         if address != "off":

@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ask.add_argument("question", help="the question (use - to read it from stdin)")
     add_config_args(ask)
     ask.add_argument("--max-new-tokens", type=int, help="answer length limit")
-    ask.add_argument("--json", action="store_true", help="print one JSON object (text, spans, cost)")
+    ask.add_argument(
+        "--json", action="store_true", help="print one JSON object (text, spans, cost, why: confidence and relays)"
+    )
     ask.set_defaults(func=run_ask)
 
 
@@ -41,6 +43,7 @@ def run_ask(args: argparse.Namespace) -> int:
     from common.errors import UserError
     from edge.app import open_engine
     from edge.ask_output import AnswerPrinter
+    from edge.trace import AnswerTrace
 
     question = sys.stdin.read() if args.question == "-" else args.question
     if not question.strip():
@@ -53,10 +56,13 @@ def run_ask(args: argparse.Namespace) -> int:
         if engine.cloud_note:
             printer.status(f"cloud offline, answering with the SLM alone: {engine.cloud_note}")
         stream = engine.answer([{"role": "user", "content": question}], config.relay)
+        trace = AnswerTrace()
         for event in stream:
             printer.event(event)
+            trace.feed(event)
     if args.json:
-        out = {"text": stream.text, "spans": stream.spans, "cost": stream.record.to_dict()}
+        trace.with_costs(stream.record.relays)
+        out = {"text": stream.text, "spans": stream.spans, "cost": stream.record.to_dict(), "why": trace.to_dict()}
         print(json.dumps(out, ensure_ascii=False))
     else:
         printer.summary(stream.record, config.prices.currency)

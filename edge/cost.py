@@ -57,6 +57,17 @@ class RelayCost:
     resent_full_context: bool = False
     """The session was lost or out of step and the client re-sent the whole context."""
     error: str = ""
+    money: float = 0.0
+    """This relay's cloud tokens and bytes at the price table (filled by `CostRecord.price`)."""
+
+    def price(self, prices: PriceTable) -> float:
+        self.money = (
+            self.cloud_prompt_tokens * prices.llm_input_per_mtok / 1e6
+            + self.cloud_cached_tokens * prices.llm_cached_input_per_mtok / 1e6
+            + self.cloud_decode_tokens * prices.llm_output_per_mtok / 1e6
+            + (self.bytes_up + self.bytes_down) * prices.network_per_gb / 1e9
+        )
+        return self.money
 
 
 @dataclass
@@ -107,16 +118,7 @@ class CostRecord:
 
     def price(self, prices: PriceTable) -> None:
         """Fill `money` and `money_llm_only` from a price table."""
-        prompt = sum(r.cloud_prompt_tokens for r in self.relays)
-        cached = sum(r.cloud_cached_tokens for r in self.relays)
-        decode = sum(r.cloud_decode_tokens for r in self.relays)
-        self.money = (
-            prompt * prices.llm_input_per_mtok / 1e6
-            + cached * prices.llm_cached_input_per_mtok / 1e6
-            + decode * prices.llm_output_per_mtok / 1e6
-            + (self.bytes_up + self.bytes_down) * prices.network_per_gb / 1e9
-            + self.edge_ms * prices.edge_per_hour / 3.6e6
-        )
+        self.money = sum(r.price(prices) for r in self.relays) + self.edge_ms * prices.edge_per_hour / 3.6e6
         self.money_llm_only = llm_only_cost(self.prompt_tokens, self.answer_tokens, prices)
 
     def to_dict(self) -> dict:

@@ -23,6 +23,9 @@ class TokenEvent:
     """Text this token completed (filled in by drivers; may be empty mid UTF-8 character)."""
     in_command: bool = False
     """True for SLM tokens that belong to a `<call>N</call>` command (hidden from the LLM)."""
+    confidence: float | None = None
+    """SLM tokens: the top-1 probability of the distribution the token was sampled from (the
+    SLM's raw logits, before any command mask or call bias). None for the LLM's tokens."""
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
 from common.errors import UserError
+from common.steps import Steps, size_of
 from models.cache import is_complete, locked, publish_dir, read_marker
 from models.identity import TOKENIZER_FILES, quiet_mistral_regex_warning
-
-log = logging.getLogger(__name__)
 
 Quant = Literal["fp32", "int8", "int8-dynamic"]
 QUANTS: tuple[Quant, ...] = ("fp32", "int8", "int8-dynamic")
@@ -47,15 +45,18 @@ def source_identity(slm_hf_dir: Path) -> dict:
     return {"source": str(slm_hf_dir), "source_marker": digest, "export_format": EXPORT_FORMAT}
 
 
-def ensure_onnx(slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, verify_tokens: int = 24) -> Path:
+def ensure_onnx(
+    slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, verify_tokens: int = 24, steps: Steps | None = None
+) -> Path:
     """Return the cached ONNX export of `slm_hf_dir`, exporting (and verifying) it if needed."""
+    steps = steps or Steps()
     slm_hf_dir = Path(slm_hf_dir)
     target = onnx_dir(cache_dir, slm_hf_dir.name, quant)
     expect = {**source_identity(slm_hf_dir), "quant": quant}
     if is_complete(target, expect) and (target / "model.onnx").is_file():
         return target
     if quant != "fp32":
-        source = ensure_onnx(slm_hf_dir, cache_dir, "fp32", verify_tokens=verify_tokens)
+        source = ensure_onnx(slm_hf_dir, cache_dir, "fp32", verify_tokens=verify_tokens, steps=steps)
         quantize = quantize_int8 if quant == "int8" else quantize_int8_dynamic
         build = lambda tmp: quantize(source, tmp)  # noqa: E731
     else:
@@ -63,8 +64,11 @@ def ensure_onnx(slm_hf_dir: Path, cache_dir: Path, quant: Quant = "int8", *, ver
     with locked(Path(cache_dir) / "locks" / f"onnx-{slm_hf_dir.name}-{quant}.lock"):
         if is_complete(target, expect):  # another process finished it while we waited
             return target
-        log.warning("exporting %s to ONNX (%s); this takes a minute or two", slm_hf_dir.name, quant)
-        return publish_dir(target, build, expect)
+        what = "export" if quant == "fp32" else "quantize"
+        with steps.step(f"{what} {slm_hf_dir.name} → ONNX {quant}") as step:
+            publish_dir(target, build, expect)
+            step.detail = size_of(target)
+        return target
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run policies over a benchmark slice, then report")
     run.add_argument("--benchmark", default="gsm8k", help="gsm8k or math500")
     run.add_argument("--slice", default="dev", help="dev, test or all (see evaluation/data.py)")
-    run.add_argument("--limit", type=int, help="first N problems of the slice")
+    run.add_argument("--limit", type=int, help="first N problems of the slice (after --skip)")
+    run.add_argument("--skip", type=int, default=0, help="leave out the slice's first N problems")
     run.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
     run.add_argument("--out", type=Path, help="run directory (default runs/<benchmark>-<slice>)")
     run.add_argument("--config", type=Path, help="edge config YAML")
@@ -88,13 +89,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     benchmark = check_benchmark(args.benchmark)
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.skip < 0:
+        raise UserError("--skip must be 0 or more")
     labels = parse_policy_list(args.policies)
     from edge.app import open_engine
     from edge.config import load_edge_config
 
     config = load_edge_config(args.config, args.overrides)
     base = base_settings(args, config.relay)
-    problems = load_problems(benchmark, args.slice, args.limit, cache=args.cache)
+    problems = load_problems(benchmark, args.slice, args.limit, cache=args.cache, skip=args.skip)
     out = args.out or Path("runs") / f"{benchmark}-{args.slice}"
     with open_engine(config) as engine:
         run_suite(

@@ -265,12 +265,13 @@ def select_slice(problems: list[Problem], benchmark: str, slice_name: str) -> li
 
 
 def load_problems(
-    benchmark: str, slice_name: str = "test", limit: int | None = None, *, cache: Path | None = None
+    benchmark: str, slice_name: str = "test", limit: int | None = None, *, cache: Path | None = None, skip: int = 0
 ) -> list[Problem]:
-    """Problems of one benchmark slice (first `limit` of it), fetching the data if needed."""
+    """Problems of one benchmark slice (`limit` of it after the first `skip`), fetching the data if
+    needed. `skip` keeps a report off problems already looked at (e.g. the first 20 test problems)."""
     check_benchmark(benchmark)
     path = data_dir(cache) / FILES[benchmark]
     if not path.is_file():
         prepare_data(cache)
-    chosen = select_slice(read_problems(path, benchmark), benchmark, slice_name)
+    chosen = select_slice(read_problems(path, benchmark), benchmark, slice_name)[skip:]
     return chosen if limit is None else chosen[:limit]

@@ -9,7 +9,7 @@ errors (the engine or the cloud failed) are retried by the next resume, since th
 transient. The harness talks to an `Answerer`, so tests use a scripted fake and the CLI adapts the
 real `RelayEngine` with `make_answerer`.
 
-Policy labels: `never` (SLM alone), `cloud-only` (LLM alone), `learned` (the SLM's own
+Policy labels: `never` (SLM alone), `cloud-only` (LLM alone), `learned[@BIAS]` (the SLM's own
 `<call>N</call>`), `entropy` / `entropy@TAU`, `random@RATE` (per-token rate), and `random-token`:
 the random policy at the rate whose expected LLM share equals the share `learned` measured in the
 same run (`baselines.random_token_rate`), so it always runs after `learned`.
@@ -83,10 +83,11 @@ def parse_policy_list(text: str) -> list[str]:
     if len(set(labels)) != len(labels):
         raise UserError(f"a policy is listed twice in {text!r}")
     if "random-token" in labels:
-        if "learned" not in labels:
+        learned = [x for x in labels if x.partition("@")[0] == "learned"]
+        if not learned:
             raise UserError("random-token matches the learned policy's share: list learned too (or use random@RATE)")
         labels.remove("random-token")
-        labels.insert(labels.index("learned") + 1, "random-token")
+        labels.insert(labels.index(learned[-1]) + 1, "random-token")
     for label in labels:
         policy_settings(label, RelaySettings(), learned_share=0.0)  # validate early, before any work
     return labels
@@ -98,6 +99,8 @@ def policy_settings(label: str, base: RelaySettings, *, learned_share: float | N
     try:
         if name in FIXED_POLICIES and not arg:
             return base.model_copy(update={"policy": FIXED_POLICIES[name]})
+        if name == "learned" and arg:
+            return RelaySettings.model_validate(base.model_dump() | {"policy": "learned", "call_bias": float(arg)})
         if name == "entropy":
             tau = float(arg) if arg else base.entropy_tau
             return RelaySettings.model_validate(base.model_dump() | {"policy": "entropy", "entropy_tau": tau})
@@ -111,7 +114,7 @@ def policy_settings(label: str, base: RelaySettings, *, learned_share: float | N
     except ValueError as exc:  # float() or pydantic validation
         raise UserError(f"bad policy {label!r}: {str(exc).splitlines()[0]}") from None
     raise UserError(
-        f"unknown policy {label!r}; use never, cloud-only, learned, random-token, random@RATE, entropy[@TAU]"
+        f"unknown policy {label!r}; use never, cloud-only, learned[@BIAS], random-token, random@RATE, entropy[@TAU]"
     )
 
 
@@ -318,7 +321,7 @@ def run_suite(
         manifest["policies"] = [p for p in manifest["policies"] if p["label"] != label] + [entry]
         _save_manifest(run_dir, manifest)  # before running, so a report of an interrupted run shows it
         rows = run_policy(answerer, problems, spec, run_dir / ROWS_FILE, grader=grader, progress=progress)
-        if label == "learned":
+        if label.partition("@")[0] == "learned":  # random-token matches the last learned policy listed
             learned_share = summarize(rows)["llm_share"]
     return manifest
 

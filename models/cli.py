@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from common.errors import UserError
+from common.steps import Steps
 from models.registry import load_registry
 from models.supply import ResolvedPair, Supplier, cache_root
 
@@ -47,8 +48,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", type=Path, help="model registry YAML (default: the packaged one)")
 
 
-def _supplier(args: argparse.Namespace, *, pull: bool, prune_wheels: bool = False) -> Supplier:
-    return Supplier(cache_root(args.cache_dir), load_registry(args.registry), pull=pull, prune_wheels=prune_wheels)
+def _supplier(
+    args: argparse.Namespace, *, pull: bool, prune_wheels: bool = False, steps: Steps | None = None
+) -> Supplier:
+    steps = steps or Steps()
+    root = cache_root(args.cache_dir)
+    return Supplier(
+        root, load_registry(args.registry), pull=pull, prune_wheels=prune_wheels, say=steps.say, steps=steps
+    )
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -56,7 +63,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise UserError("give both --slm and --llm, or neither")
     if args.slm and args.pair:
         raise UserError("give a pair name or --slm/--llm, not both")
-    supplier = _supplier(args, pull=True, prune_wheels=args.prune_wheels)
+    steps = Steps.to_log(cache_root(args.cache_dir) / "logs" / "setup.log")
+    supplier = _supplier(args, pull=True, prune_wheels=args.prune_wheels, steps=steps)
     if args.slm:
         names = (args.slm, args.llm)
     else:
@@ -69,20 +77,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
     pair = supplier.custom_pair(*names) if args.slm else supplier.pair(args.pair)
     print(f"pair {pair.name}: tokenizer and chat template match")
     if not args.no_onnx:
-        _export_onnx(pair, supplier.root)
+        _export_onnx(pair, supplier.root, steps)
     _print_pair(pair)
     settled = all(state in ("pulled", "downloaded", "present") for state in before.values())
     print(f"{'nothing to do' if settled else 'done'} in {time.monotonic() - t0:.1f} s (cache: {supplier.root})")
+    steps.finish()
     return 0
 
 
-def _export_onnx(pair: ResolvedPair, root: Path) -> None:
+def _export_onnx(pair: ResolvedPair, root: Path, steps: Steps) -> None:
     try:
         from edge.export import ensure_onnx
     except ImportError as exc:
         raise UserError(f"cannot export ONNX ({exc}); install the training extra or use --no-onnx") from None
     for quant in ONNX_QUANTS:
-        print(f"onnx {quant}: {ensure_onnx(pair.slm_dir, root, quant)}")
+        print(f"onnx {quant}: {ensure_onnx(pair.slm_dir, root, quant, steps=steps)}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

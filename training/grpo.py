@@ -138,6 +138,9 @@ def _as_messages(prompt) -> list[dict]:
 def teacher_filter(questions: list[Question], engine: RelayEngine, config: TrainConfig, out: Path) -> list[Question]:
     """Questions the LLM alone solves in >= teacher_min_pass of k samples (cached per question)."""
     g = config.grpo
+    if g.teacher_samples == 0:
+        print(f"teacher filter off: all {len(questions)} questions")
+        return questions
     cache = out / "teacher_filter.jsonl"
     known = {row["id"]: row for row in read_jsonl(cache) if row.get("k") == g.teacher_samples}
     base = RelaySettings(policy="cloud-only", max_new_tokens=g.max_new_tokens, temperature=0.7, max_n=g.max_new_tokens)

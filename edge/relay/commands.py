@@ -127,10 +127,11 @@ def encode_bytes(data: bytes, token_bytes: Sequence[bytes], encode: Callable[[st
 
 
 class CommandMask:
-    """Logit mask that makes the SLM unable to write `<call>`.
+    """Logit mask that makes the SLM unable to write `<call>`, and its opposite, a call bias.
 
     A token is banned if it contains `<call`, or if it completes `<call` after the text so far
-    (the text ends with `<ca` and the token starts with `ll`, ...). Index sets are built once.
+    (the text ends with `<ca` and the token starts with `ll`, ...). The bias raises those tokens and
+    the ones that start a command (` <`, `<c`, ...). Index sets are built once.
     """
 
     def __init__(self, token_bytes: Sequence[bytes]) -> None:
@@ -141,11 +142,20 @@ class CommandMask:
             rest = needle[k:]
             ids = [i for i, b in enumerate(token_bytes) if b.startswith(rest) or rest.startswith(b) and b]
             self._after_prefix[needle[:k]] = np.array(ids, dtype=np.int64)
+        prefixes = [needle[:k] for k in range(1, len(needle) + 1)]
+        openers = [i for i, b in enumerate(token_bytes) if any(b.endswith(p) for p in prefixes) or needle in b]
+        self._openers = np.array(openers, dtype=np.int64)
 
     def banned(self, tail: bytes) -> np.ndarray:
         """Token ids to ban given the last bytes of the SLM's text."""
         extra = [ids for prefix, ids in self._after_prefix.items() if tail.endswith(prefix)]
         return np.concatenate([self._always, *extra]) if extra else self._always
+
+    def boost(self, logits: np.ndarray, tail: bytes, bias: float) -> np.ndarray:
+        """`logits` with `bias` added to every token that starts or continues `<call` here."""
+        boosted = logits.copy()
+        boosted[np.union1d(self._openers, self.banned(tail))] += bias
+        return boosted
 
     def apply(self, logits: np.ndarray, tail: bytes) -> np.ndarray:
         masked = logits.copy()

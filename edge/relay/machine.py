@@ -138,15 +138,18 @@ class RelayMachine:
         if self.remaining <= 0:
             return self._finish([], "max_tokens")
         self._last_logits = logits
-        trigger = self._policy_trigger(logits)
+        confidence = top1_probability(logits)
+        trigger = self._policy_trigger(confidence)
         if trigger is not None:
             return self._call([], self.settings.fixed_n, trigger)
         if not self._commands_allowed:
             logits = self.tok.mask.apply(logits, self._tail)
+        elif self.settings.call_bias and not self._segment.scanner.open_command_pending():
+            logits = self.tok.mask.boost(logits, self._tail, self.settings.call_bias)
         token = sample(logits, self._rng, self.settings.temperature, self.settings.top_p)
         if token in self.tok.eos_ids:
             return self._finish([], "eos")
-        return self._on_slm_token(token)
+        return self._on_slm_token(token, confidence)
 
     def on_llm_tokens(self, ids: Sequence[int]) -> list[RelayEvent]:
         events: list[RelayEvent] = []
@@ -208,24 +211,24 @@ class RelayMachine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _policy_trigger(self, logits: np.ndarray) -> str | None:
+    def _policy_trigger(self, confidence: float) -> str | None:
         s = self.settings
         if not self.cloud_usable or self.relays >= s.max_relays:
             return None
-        if s.policy == "entropy" and top1_probability(logits) < s.entropy_tau:
+        if s.policy == "entropy" and confidence < s.entropy_tau:
             return "entropy"
         if s.policy == "random" and self._rng.random() < s.random_rate:
             return "random"
         return None
 
-    def _on_slm_token(self, token: int) -> Step:
+    def _on_slm_token(self, token: int, confidence: float | None = None) -> Step:
         self._append_answer(token, "slm")
         self._pending_feed.append(token)
         seg = self._segment
         seg.ids.append(token)
         found = seg.scanner.push(self.tok.token_bytes[token])
         in_command = isinstance(found, Command) or seg.scanner.open_command_pending()
-        events: list[RelayEvent] = [TokenEvent(token, "slm", in_command=in_command)]
+        events: list[RelayEvent] = [TokenEvent(token, "slm", in_command=in_command, confidence=confidence)]
         if isinstance(found, Malformed):
             events.append(Notice("command_malformed", found.text))
         elif isinstance(found, Command):

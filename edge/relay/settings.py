@@ -21,6 +21,10 @@ class RelaySettings(BaseModel):
     """learned: the SLM's own `<call>N</call>` commands (RelayLLM). entropy: call with `fixed_n` when
     the SLM's top-1 probability is below `entropy_tau`. random: call with `fixed_n` at each token
     with probability `random_rate`. never: SLM alone (commands masked out). cloud-only: LLM alone."""
+    call_bias: float = Field(0.0, ge=-20, le=20)
+    """learned: logit offset added to the tokens that open `<call>` (0 = the SLM as trained). The
+    SLM's own call propensity stays the decision; the bias moves its threshold, so one trained SLM
+    gives a curve of LLM share against accuracy (more calls when > 0, fewer when < 0)."""
     max_relays: int = Field(4, ge=0)
     """Relays allowed per answer (the paper's eval allows 5 turns, i.e. 4 calls)."""
     max_new_tokens: int = Field(1024, ge=1)

@@ -40,6 +40,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, get_current_worker
 
@@ -48,10 +49,12 @@ from edge.cost import CostRecord, PriceTable
 from edge.events import Notice, RelayEvent, RelayFinished
 from edge.relay.driver import ChatEngine
 from edge.relay.settings import POLICIES, RelaySettings
+from edge.trace import AnswerTrace
 from edge.ui.history import ChatMessage, Conversation, HistoryError, HistoryStore, export_markdown
 from edge.ui.render import AnswerView, chat_cost, cloud_state_text, live_record, record_from_dict
 from edge.ui.screens import HistoryScreen, SettingsScreen
-from edge.ui.widgets import AnswerItem, CostFooter, NoticeItem, PromptItem
+from edge.ui.why import RelayDetailsScreen
+from edge.ui.widgets import AnswerItem, ChatView, CostFooter, NoticeItem, PromptItem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,6 +161,7 @@ class ChatApp(App[None]):
         Binding("ctrl+h,f3", "history", "History"),
         Binding("ctrl+e", "export", "Export", priority=True),  # over Input's ctrl+e (End still works)
         Binding("f2", "settings", "Settings"),
+        Binding("f4", "toggle_why", "Why"),
     ]
 
     def __init__(
@@ -181,13 +185,12 @@ class ChatApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield VerticalScroll(id="chat-view")
+        yield ChatView(id="chat-view")
         yield Input(placeholder="Ask something · Enter send · Esc cancel · Ctrl+P commands", id="prompt")
         yield CostFooter(id="cost")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#chat-view", VerticalScroll).anchor()
         self._ticker = self.set_interval(1 / 20, self._drain, pause=True)
         self.store = HistoryStore(self.history_path)
         self._history_problem()
@@ -217,8 +220,8 @@ class ChatApp(App[None]):
         event.input.clear()
         self.conversation.messages.append(ChatMessage("user", prompt))
         self.conversation.title = self.conversation.title or prompt[:60]
-        item = AnswerItem()
-        await self.query_one("#chat-view", VerticalScroll).mount_all([PromptItem(prompt), item])
+        item = AnswerItem(number=len(self.conversation.messages))
+        await self.query_one("#chat-view", VerticalScroll).mount_all([PromptItem(prompt), item, item.strip])
         self.job = AnswerJob(self.conversation.engine_messages(), self.settings, item, prompt)
         self._ticker.resume()
         self._answer(self.job)
@@ -264,8 +267,11 @@ class ChatApp(App[None]):
         view.end("eos")
         job.item.refresh_view(force=True)
         record = outcome.record or live_record(view, job.snapshot)
+        view.trace.with_costs(record.relays)
+        job.item.strip.redraw()
         text = outcome.text or "".join(s.text for s in view.spans if s.kind in ("slm", "llm", "command"))
         answer = ChatMessage("assistant", text, view.spans, record.to_dict(), view.finish, job.settings.model_dump())
+        answer.trace = view.trace.to_dict()
         self.conversation.messages.append(answer)
         self._records.append(record)
         self._save()
@@ -277,7 +283,7 @@ class ChatApp(App[None]):
         if not self.conversation.messages:
             self.conversation.title = ""
         chat = self.query_one("#chat-view", VerticalScroll)
-        await chat.remove_children([chat.query(PromptItem).last(), job.item])
+        await chat.remove_children([chat.query(PromptItem).last(), job.item, job.item.strip])
         self.query_one("#prompt", Input).value = job.prompt
         self.say(error, "error")
 
@@ -317,14 +323,32 @@ class ChatApp(App[None]):
         self.conversation = conv
         chat = self.query_one("#chat-view", VerticalScroll)
         await chat.remove_children()
-        items = [
-            PromptItem(m.content) if m.role == "user" else AnswerItem(AnswerView.from_spans(m.spans, m.status))
-            for m in conv.messages
-        ]
+        items: list[Widget] = []
+        for number, m in enumerate(conv.messages):
+            if m.role == "user":
+                items.append(PromptItem(m.content))
+                continue
+            trace = AnswerTrace.from_dict(m.trace) if m.trace else None
+            answer = AnswerItem(AnswerView.from_spans(m.spans, m.status, trace), number)
+            items += [answer, answer.strip]
         await chat.mount_all(items)
         self._records = [record_from_dict(m.cost) for m in conv.messages if m.cost is not None]
         self._show_cost(self._records[-1] if self._records else CostRecord())
         self.query_one("#prompt", Input).focus()
+
+    def action_toggle_why(self) -> None:
+        """Show or hide the "why" strip under every answer."""
+        self.query_one(ChatView).toggle_class("-why")
+
+    def action_relay_details(self, answer_id: str, relay_index: int) -> None:
+        """Open one relay's details (the strip's ▲ markers call this)."""
+        items = self.query(f"#{answer_id}")
+        if not items:
+            return
+        trace = items.first(AnswerItem).view.trace
+        mark = next((m for m in trace.relays if m.index == relay_index), None)
+        if mark is not None:
+            self.push_screen(RelayDetailsScreen(mark))
 
     def action_export(self) -> None:
         if not self.conversation.messages:

@@ -9,7 +9,6 @@ inside `run`, so `relay --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,17 @@ def default_history_path() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from common.steps import Steps
     from edge.app import open_engine
     from edge.cli import config_from_args
     from edge.ui.app import ChatApp
+    from models.supply import cache_root
 
     config = config_from_args(args)
     history = args.history or config.history_path or default_history_path()
-
-    def progress(message: str) -> None:  # models load before the app has a screen
-        sys.stderr.write(f"{message}\n")
-
-    with open_engine(config, say=progress) as engine:
+    # Models load before the app has a screen: one line per step, library output to a log file.
+    steps = Steps.to_log(cache_root(config.models.cache_dir) / "logs" / "setup.log")
+    with open_engine(config, say=steps.say, steps=steps) as engine:
+        steps.finish()
         ChatApp(engine, settings=config.relay, history_path=history).run()
     return 0

@@ -24,18 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.trace import AnswerTrace, sparkline
+from edge.ui.footer import footer_figures
 from edge.ui.render import (
     Span,
     chat_cost,
-    footer_figures,
     json_quote,
     marker_text,
     record_from_dict,
     split_edges,
     visible_text,
 )
+from edge.ui.why import relay_rows
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added messages.trace_json (the "why" data); a version-1 file gains the column on open."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (
@@ -53,7 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
     status TEXT NOT NULL DEFAULT '',
     cost_json TEXT,
     settings_json TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    trace_json TEXT
 );
 CREATE TABLE IF NOT EXISTS spans (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -65,6 +69,16 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, position);
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older file up to SCHEMA_VERSION in place (its conversations are kept)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    with conn:
+        if "trace_json" not in columns:
+            conn.execute("ALTER TABLE messages ADD COLUMN trace_json TEXT")
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 
 class HistoryError(Exception):
@@ -84,6 +98,8 @@ class ChatMessage:
     settings: dict[str, Any] | None = None
     """The RelaySettings the answer ran with."""
     created: float = field(default_factory=time.time)
+    trace: dict[str, Any] | None = None
+    """`AnswerTrace.to_dict()`: confidence along the answer and each relay's details."""
 
 
 @dataclass
@@ -130,6 +146,8 @@ class HistoryStore:
                 conn.commit()
             elif row[0] > SCHEMA_VERSION:
                 raise HistoryError(f"schema version {row[0]} is newer than this app ({SCHEMA_VERSION})")
+            elif row[0] < SCHEMA_VERSION:
+                _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -217,7 +235,7 @@ class HistoryStore:
     def _write_message(conn: sqlite3.Connection, conv_id: int | None, pos: int, msg: ChatMessage) -> None:
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, status, cost_json,"
-            " settings_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " settings_json, created, trace_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conv_id,
                 pos,
@@ -227,6 +245,7 @@ class HistoryStore:
                 None if msg.cost is None else json.dumps(msg.cost),
                 None if msg.settings is None else json.dumps(msg.settings),
                 msg.created,
+                None if msg.trace is None else json.dumps(msg.trace),
             ),
         )
         conn.executemany(
@@ -255,11 +274,11 @@ class HistoryStore:
             return None
         conv = Conversation(id=conversation_id, title=row[0], created=row[1])
         messages = conn.execute(
-            "SELECT id, role, content, status, cost_json, settings_json, created FROM messages"
+            "SELECT id, role, content, status, cost_json, settings_json, created, trace_json FROM messages"
             " WHERE conversation_id = ? ORDER BY position",
             (conversation_id,),
         ).fetchall()
-        for msg_id, role, content, status, cost, settings, created in messages:
+        for msg_id, role, content, status, cost, settings, created, trace in messages:
             spans = conn.execute(
                 "SELECT kind, text, meta_json FROM spans WHERE message_id = ? ORDER BY position", (msg_id,)
             ).fetchall()
@@ -272,6 +291,7 @@ class HistoryStore:
                     status=status,
                     settings=None if settings is None else json.loads(settings),
                     created=created,
+                    trace=None if trace is None else json.loads(trace),
                 )
             )
         return conv
@@ -309,6 +329,8 @@ def export_markdown(conv: Conversation) -> str:
         lines += ["", "## Assistant", "", body]
         if msg.cost is not None:
             lines += ["", _cost_line(msg.cost)]
+        if msg.trace:
+            lines += ["", _why_line(AnswerTrace.from_dict(msg.trace))]
     if notes:
         lines += ["", "---", "", *notes]
     return "\n".join(lines) + "\n"
@@ -360,6 +382,18 @@ def _cost_line(cost: dict[str, Any]) -> str:
         f"<sub>LLM {f.llm_share} · {f.relays} · ↑{f.bytes_up} ↓{f.bytes_down} · edge {f.edge_ms} · "
         f"cloud {f.cloud_ms} · {f.answer_usd} (LLM-only {f.answer_llm_only_usd})</sub>"
     )
+
+
+def _why_line(trace: AnswerTrace) -> str:
+    """The "why" strip in words: the confidence sparkline and each relay's details."""
+    spark = "".join(cell.char for cell in sparkline(trace, 80))
+    low = trace.lowest()
+    parts = [f"why: SLM confidence {_code_span(spark)} (▁ unsure … █ sure, ▔ cloud)"]
+    if low is not None:
+        parts.append(f"least sure: token {low[0]} at p={low[1]:.2f}")
+    for mark in trace.relays:
+        parts.append(f"relay {mark.index}: " + ", ".join(f"{k} {v}" for k, v in relay_rows(mark)))
+    return "<sub>" + " · ".join(parts) + "</sub>"
 
 
 def _code_span(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Pure rendering for the chat app: relay events -> provenance spans -> coloured markdown, footer figures.
+"""Pure rendering for the chat app: relay events -> provenance spans -> coloured markdown (footer: `footer`).
 
 Why this module exists apart from the widgets: everything the user sees about provenance (which
 text the SLM wrote, which the cloud LLM wrote, where each relay happened and what it cost) is
@@ -37,6 +37,8 @@ from rich.text import Text
 
 from edge.cost import CostRecord, RelayCost, RunCost
 from edge.events import AnswerFinished, Notice, RelayEvent, RelayFinished, RelayStarted, TokenEvent
+from edge.trace import AnswerTrace
+from edge.ui.math_text import BOX_CLOSE, BOX_OPEN, MathText
 
 SLM_COLOR = "#c8d3f5"
 """Text the small model on this machine wrote (a light neutral, the bulk of most answers)."""
@@ -49,8 +51,10 @@ SpanKind = Literal["slm", "llm", "command", "relay", "notice", "end"]
 TEXT_KINDS = ("slm", "llm", "command")
 
 LLM_OPEN, LLM_CLOSE, MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
-_SENTINELS_RE = re.compile("[\ue000-\ue003]")
-_SPLIT_RE = re.compile("([\ue000-\ue003])")
+BOX_BG = "#3b4261"
+"""Background of a `\\boxed{…}` final answer (its text keeps its provenance colour)."""
+_SENTINELS_RE = re.compile("[\ue000-\ue005]")  # LLM, marker and box (edge.ui.math_text) open/close
+_SPLIT_RE = re.compile("([\ue000-\ue005])")
 _COMMAND_RE = re.compile(r"<call>.*?(?:</call>|$)", re.S)
 _FENCE_RE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
 _FENCE_LINE_RE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*\n")
@@ -100,8 +104,11 @@ class AnswerView:
     """AnswerFinished.reason once the answer ended ("" while streaming)."""
     version: int = 0
     """Bumped on every change, so widgets redraw only when something is new."""
+    trace: AnswerTrace = field(default_factory=AnswerTrace)
+    """Confidence along the answer and where each relay fired (the "why" strip)."""
 
     def feed(self, event: RelayEvent) -> None:
+        self.trace.feed(event)
         if isinstance(event, TokenEvent):
             self._token(event)
         elif isinstance(event, RelayStarted):
@@ -151,9 +158,9 @@ class AnswerView:
                 return
 
     @classmethod
-    def from_spans(cls, spans: Iterable[Span], finish: str = "eos") -> AnswerView:
+    def from_spans(cls, spans: Iterable[Span], finish: str = "eos", trace: AnswerTrace | None = None) -> AnswerView:
         """Rebuild a finished answer from stored spans (history)."""
-        return cls(spans=list(spans), finish=finish or "eos")
+        return cls(spans=list(spans), finish=finish or "eos", trace=trace or AnswerTrace())
 
 
 # ---------------------------------------------------------------- markers and visible text
@@ -266,13 +273,14 @@ class BlockCache:
 
     def __init__(self, limit: int = 512) -> None:
         self.limit = limit
-        self._blocks: dict[tuple[str, int, tuple[bool, bool]], tuple[list[Segment], tuple[bool, bool]]] = {}
+        self._blocks: dict[tuple[str, int, InkState], tuple[list[Segment], InkState]] = {}
+        self.math = MathText()
         self.render_s = 0.0
         """Recent seconds per full render (moving average): the widget spaces redraws by it."""
 
     def segments(
         self, console: Console, options: ConsoleOptions, block: str, ink: _Ink
-    ) -> tuple[list[Segment], tuple[bool, bool]]:
+    ) -> tuple[list[Segment], InkState]:
         key = (block, options.max_width, ink.state())
         if key not in self._blocks:
             if len(self._blocks) >= self.limit:
@@ -288,24 +296,32 @@ class BlockCache:
         return self._blocks[key]
 
 
+InkState = tuple[bool, bool, bool]
+
+
 @dataclass
 class _Ink:
     llm: bool = False
     mark: bool = False
+    box: bool = False
 
-    def state(self) -> tuple[bool, bool]:
-        return (self.llm, self.mark)
+    def state(self) -> InkState:
+        return (self.llm, self.mark, self.box)
 
     def style(self, base: Style | None) -> Style:
         if self.mark:
             color = Style(color=MARK_COLOR, italic=True)
         else:
             color = Style(color=LLM_COLOR if self.llm else SLM_COLOR)
+        if self.box:
+            color += Style(bold=True, bgcolor=BOX_BG)
         return base + color if base else color
 
     def switch(self, sentinel: str) -> None:
         if sentinel in (LLM_OPEN, LLM_CLOSE):
             self.llm = sentinel == LLM_OPEN
+        elif sentinel in (BOX_OPEN, BOX_CLOSE):
+            self.box = sentinel == BOX_OPEN
         else:
             self.mark = sentinel == MARK_OPEN
 
@@ -336,14 +352,16 @@ class ProvenanceMarkdown:
         for i, block in enumerate(split_blocks(self.source)):
             if i:
                 out.append(Segment.line())
-            segments, (ink.llm, ink.mark) = self.cache.segments(console, options, block, ink)
+            segments, (ink.llm, ink.mark, ink.box) = self.cache.segments(console, options, block, ink)
             out += segments
         self.cache.render_s = 0.7 * self.cache.render_s + 0.3 * (time.perf_counter() - start)
         yield from out
 
 
 def render_answer(view: AnswerView, cache: BlockCache | None = None) -> ProvenanceMarkdown | Text:
-    source = markdown_source(view.spans)
+    """The answer as the chat shows it: markdown, provenance colours, math as Unicode."""
+    cache = cache or BlockCache()
+    source = cache.math.convert(markdown_source(view.spans))
     if not _SENTINELS_RE.sub("", source).strip():
         return Text("…", style=Style(color=MARK_COLOR, italic=True))
     return ProvenanceMarkdown(source, cache)
@@ -361,66 +379,7 @@ def styled_runs(renderable: Any, width: int = 100) -> list[tuple[str, str | None
     return runs
 
 
-# ---------------------------------------------------------------- footer figures
-
-
-def format_money(usd: float) -> str:
-    return f"${usd:.6f}" if usd < 1 else f"${usd:,.2f}"
-
-
-def format_bytes(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    if n < 1_000_000:
-        return f"{n / 1000:.1f} kB"
-    return f"{n / 1e6:.1f} MB"
-
-
-@dataclass(frozen=True)
-class FooterFigures:
-    """The live footer's figures, already formatted (tests compare them to a cost record)."""
-
-    llm_share: str
-    relays: str
-    bytes_up: str
-    bytes_down: str
-    edge_ms: str
-    cloud_ms: str
-    answer_usd: str
-    answer_llm_only_usd: str
-    chat_usd: str
-    chat_llm_only_usd: str
-
-    def text(self) -> Text:
-        llm = Style(color=LLM_COLOR, bold=True)
-        return Text.assemble(
-            ("■ SLM ", Style(color=SLM_COLOR)),
-            ("■ LLM ", Style(color=LLM_COLOR)),
-            ("│ LLM ", "dim"),
-            (self.llm_share, llm),
-            (f" · {self.relays} · ↑{self.bytes_up} ↓{self.bytes_down}", ""),
-            (f" · edge {self.edge_ms} · cloud {self.cloud_ms}", ""),
-            (f" │ answer {self.answer_usd}", "bold"),
-            (f" (LLM-only {self.answer_llm_only_usd})", "dim"),
-            (f" · chat {self.chat_usd}", "bold"),
-            (f" (LLM-only {self.chat_llm_only_usd})", "dim"),
-        )
-
-
-def footer_figures(answer: CostRecord, chat: RunCost) -> FooterFigures:
-    relays = len(answer.relays)
-    return FooterFigures(
-        llm_share=f"{answer.llm_share * 100:.1f}%",
-        relays=f"{relays} relay" + ("" if relays == 1 else "s"),
-        bytes_up=format_bytes(answer.bytes_up),
-        bytes_down=format_bytes(answer.bytes_down),
-        edge_ms=f"{answer.edge_ms:.0f} ms",
-        cloud_ms=f"{answer.cloud_ms:.0f} ms",
-        answer_usd=format_money(answer.money),
-        answer_llm_only_usd=format_money(answer.money_llm_only),
-        chat_usd=format_money(chat.money),
-        chat_llm_only_usd=format_money(chat.money_llm_only),
-    )
+# ---------------------------------------------------------------- cost records
 
 
 def live_record(view: AnswerView, snapshot: CostRecord | None) -> CostRecord:

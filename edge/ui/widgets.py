@@ -9,12 +9,34 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.geometry import Size
 from textual.widgets import Static
 
 from edge.cost import CostRecord, RunCost
-from edge.ui.render import AnswerView, BlockCache, footer_figures, render_answer
+from edge.ui.footer import footer_figures
+from edge.ui.render import AnswerView, BlockCache, render_answer
+from edge.ui.why import WhyStrip
 
 REDRAW_SPACING = 6.0
+
+
+class ChatView(VerticalScroll):
+    """The conversation: messages from the top, following the newest text once they fill the view.
+
+    Textual's anchor is only switched on while the content overflows: anchored, it scrolls to
+    (content bottom − view height), which for a short conversation is negative and pushes the
+    first messages down to the bottom of an empty screen.
+    """
+
+    def watch_virtual_size(self, size: Size) -> None:
+        overflows = size.height > self.size.height
+        if overflows and not self.is_anchored:
+            self.anchor()
+        elif not overflows and self.is_anchored:
+            self.anchor(False)
+            self._anchor_released = False  # a cleared chat follows its new answers again
+            self.scroll_to(y=0, animate=False, immediate=True)
 
 
 class PromptItem(Static):
@@ -28,9 +50,11 @@ class PromptItem(Static):
 class AnswerItem(Static):
     """One answer, SLM and LLM text in two colours with relay markers; redraws only on change."""
 
-    def __init__(self, view: AnswerView | None = None) -> None:
-        super().__init__("", classes="answer")
+    def __init__(self, view: AnswerView | None = None, number: int = 0) -> None:
+        super().__init__("", classes="answer", id=f"answer-{number}")
         self.view = view or AnswerView()
+        self.strip = WhyStrip(self.view.trace, f"answer-{number}")
+        """Mounted right after the answer; shown with F4."""
         self.updates = 0
         """How many times the answer was redrawn (tests check that streaming coalesces)."""
         self._cache = BlockCache()
@@ -53,6 +77,8 @@ class AnswerItem(Static):
         self.updates += 1
         self.update(render_answer(self.view, self._cache))
         self.set_class(not self.view.finish, "-streaming")
+        if self.strip.is_mounted:
+            self.strip.redraw()
 
     def rendered(self) -> object:
         """The renderable currently shown (for tests)."""
@@ -68,11 +94,19 @@ class NoticeItem(Static):
 
 
 class CostFooter(Static):
-    """Live figures for the current answer and the conversation (see `render.FooterFigures`)."""
+    """Live figures for the current answer and the conversation (see `footer.FooterFigures`), on
+    one line that shortens to the terminal's width instead of wrapping."""
 
     def show(self, answer: CostRecord, chat: RunCost) -> None:
         self.figures = footer_figures(answer, chat)
-        self.update(self.figures.text())
+        self._draw()
 
     def on_mount(self) -> None:
         self.show(CostRecord(), RunCost())
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        width = self.content_size.width or self.app.size.width - 4
+        self.update(self.figures.text(width))

@@ -34,6 +34,20 @@ def wait_for(predicate, timeout_s: float, what: str) -> str:
     raise AssertionError(f"timed out waiting for {what}; screen:\n{screen()}")
 
 
+def wait_stable(timeout_s: float, quiet_s: float = 4.0) -> str:
+    """The screen once it stopped changing for `quiet_s` (the answer finished)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = screen(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = screen()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+    return last
+
+
 @pytest.fixture
 def chat(tmp_path: Path):
     if shutil.which("tmux") is None:
@@ -59,3 +73,9 @@ def test_chat_streams_a_relayed_answer_with_cost(chat: Path) -> None:
     assert "⟨cloud N=6" in text and "LLM 25.0%" in text  # 12 of 48 answer tokens came from the cloud
     assert "embedded" in text  # the cloud link's state
     assert (chat / "history.db").is_file()
+
+    # Math is shown as Unicode (the model writes `\\(7 \\times 8\\)` here), never as raw LaTeX.
+    tmux("send-keys", "-t", SESSION, "What is 7 multiplied by 8? Use math notation.", "Enter")
+    text = wait_for(lambda s: "7 × 8" in s, 600, "the second answer's math rendered")
+    text = wait_stable(120)
+    assert "×" in text and "\\times" not in text and "\\(" not in text

@@ -397,11 +397,12 @@ def test_cli_builds_config_from_flags_and_runs_the_app(monkeypatch: pytest.Monke
 
     def load_edge_config(path: object, overrides: list[str]) -> object:
         seen.update(path=path, overrides=overrides)
-        return types.SimpleNamespace(relay=RelaySettings(policy="never"), history_path=None)
+        models = types.SimpleNamespace(cache_dir=tmp_path / "cache")
+        return types.SimpleNamespace(relay=RelaySettings(policy="never"), history_path=None, models=models)
 
     @contextlib.contextmanager
-    def open_engine(config: object, say: object = None):  # type: ignore[no-untyped-def]
-        seen["config"] = config
+    def open_engine(config: object, say: object = None, steps: object = None):  # type: ignore[no-untyped-def]
+        seen.update(config=config, steps=steps)
         yield engine
 
     monkeypatch.setitem(sys.modules, "edge.config", types.SimpleNamespace(load_edge_config=load_edge_config))
@@ -415,6 +416,7 @@ def test_cli_builds_config_from_flags_and_runs_the_app(monkeypatch: pytest.Monke
     assert seen["overrides"] == ["relay.max_n=8", "cloud.address=gpu.example:50051"]
     app = seen["app"]
     assert isinstance(app, ChatApp) and app.engine is engine and app.settings.policy == "never"
+    assert seen["steps"].log_path == tmp_path / "cache" / "logs" / "setup.log", "setup chatter goes to the cache's log"
     assert app.history_path == tmp_path / "h.db"
     args = parser.parse_args(["chat"])  # no flags: the embedded default, history in the user data dir
     assert args.func(args) == 0 and seen["overrides"] == []
