@@ -166,6 +166,7 @@ def test_slices_are_fixed_disjoint_and_cover_the_benchmark(tmp_path: Path) -> No
     assert not {p.id for p in dev} & {p.id for p in test}
     assert [int(p.id) for p in test] == sorted(int(p.id) for p in test)  # ordered by id
     assert data.load_problems("gsm8k", "dev", 5, cache=tmp_path) == dev[:5]
+    assert data.load_problems("gsm8k", "test", 5, cache=tmp_path, skip=20) == test[20:25]
     assert [p.id for p in dev[:3]] == ["17", "28", "34"]  # documented, must never change
 
 
@@ -288,7 +289,10 @@ def test_policy_labels() -> None:
     assert policy_settings("random@0.02", base).random_rate == 0.02
     rt = policy_settings("random-token", base, learned_share=0.2)
     assert rt.policy == "random" and rt.random_rate == pytest.approx(0.015625)
-    for bad in ("random-token", "magic", "entropy@2", "entropy@x", "never,never"):
+    biased = policy_settings("learned@4", base)
+    assert biased.policy == "learned" and biased.call_bias == 4.0
+    assert parse_policy_list("random-token,learned@2,learned@4") == ["learned@2", "learned@4", "random-token"]
+    for bad in ("random-token", "magic", "entropy@2", "entropy@x", "never,never", "learned@99"):
         with pytest.raises(UserError):
             parse_policy_list(bad)
 

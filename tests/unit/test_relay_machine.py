@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edge.events import AnswerFinished, Notice, RelayFinished, RelayStarted, TokenEvent
+from edge.relay.machine import RelayMachine
 from edge.relay.settings import RelaySettings
-from tests.fakes import EOS, ScriptedSlm, encode, ids_of, run_machine, text_of
+from tests.fakes import EOS, TOKEN_BYTES, ScriptedSlm, encode, ids_of, run_machine, text_of, view
 
 PROMPT = encode("Q?")
 
@@ -268,3 +270,29 @@ def test_server_context_limit_cuts_n_and_then_stops_relaying() -> None:
     assert [c.n for c in calls] == [4]
     assert fed == prompt + machine.answer_ids
     assert not machine.cloud_usable and "context is full" in machine.cloud_reason
+
+
+def _first_token(machine: RelayMachine, logits: np.ndarray) -> str:
+    events, _ = machine.on_logits(logits)
+    return text_of([next(e.token_id for e in events if isinstance(e, TokenEvent))])
+
+
+def test_call_bias_raises_the_slms_own_command_and_nothing_else() -> None:
+    def logits(top: str, runner_up: str) -> np.ndarray:
+        out = np.zeros(len(TOKEN_BYTES), dtype=np.float32)
+        out[ord(top)], out[ord(runner_up)] = 8.0, 5.0
+        return out
+
+    for bias, opener, continuation in ((0.0, "a", "x"), (4.0, "<", "c")):
+        machine = RelayMachine(encode("Q?"), view(), RelaySettings(policy="learned", call_bias=bias))
+        machine.start()
+        assert _first_token(machine, logits("a", "<")) == opener
+        assert _first_token(machine, logits("x", "c")) == continuation, "the bias follows `<call` token by token"
+    # Inside an open command the SLM writes N itself; under `never` the bias cannot make it call.
+    inside = RelayMachine(encode("Q?"), view(), RelaySettings(policy="learned", call_bias=4.0))
+    inside.start()
+    inside.on_logits(np.eye(len(TOKEN_BYTES), dtype=np.float32)[TOKEN_BYTES.index(b"<call>")] * 9)
+    assert _first_token(inside, logits("4", "<")) == "4"
+    never = RelayMachine(encode("Q?"), view(), RelaySettings(policy="never", call_bias=20.0))
+    never.start()
+    assert _first_token(never, logits("a", "<")) == "a"
