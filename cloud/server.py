@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cloud.backend import LlmBackend
 from cloud.config import CloudConfig
+from cloud.engine import Engine, as_engine
 from cloud.metrics import Metrics
 from cloud.servicer import RelayServicer
 from common.errors import UserError
@@ -59,9 +60,13 @@ async def _sweep(servicer: RelayServicer, period_s: float) -> None:
             servicer._update_gauges()
 
 
-async def start_server(backend: LlmBackend, config: CloudConfig, metrics: Metrics | None = None) -> RunningServer:
+async def start_server(
+    engine: Engine | LlmBackend, config: CloudConfig, metrics: Metrics | None = None
+) -> RunningServer:
     metrics = metrics or Metrics()
-    servicer = RelayServicer(backend, config, metrics)
+    engine = as_engine(engine)
+    await engine.start()
+    servicer = RelayServicer(engine, config, metrics)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_RelayServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -89,9 +94,9 @@ async def start_server(backend: LlmBackend, config: CloudConfig, metrics: Metric
     return RunningServer(server, servicer, health_servicer, port, sweeper)
 
 
-async def serve(backend: LlmBackend, config: CloudConfig) -> None:
+async def serve(engine: Engine | LlmBackend, config: CloudConfig) -> None:
     """Run until SIGINT/SIGTERM; print one ready line with the bound port for supervisors."""
-    running = await start_server(backend, config)
+    running = await start_server(engine, config)
     print(f"{READY_PREFIX} {config.host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,7 +111,7 @@ class BackgroundServer:
     """The relay server on its own event loop in a daemon thread, for blocking callers (tests,
     benchmarks): `with BackgroundServer(backend, config) as server: CloudLink(server.address)`."""
 
-    def __init__(self, backend: LlmBackend, config: CloudConfig) -> None:
+    def __init__(self, backend: Engine | LlmBackend, config: CloudConfig) -> None:
         import threading
 
         self.backend = backend

@@ -1,9 +1,9 @@
-"""gRPC servicer of `relaywire.v1.RelayService`: pb in, backend calls in a worker thread, pb out.
+"""gRPC servicer of `relaywire.v1.RelayService`: pb in, an engine's token stream, pb out.
 
-Model steps run one at a time in a dedicated thread (torch parallelises inside each step), one
-token per executor call, so concurrent sessions interleave and the event loop never blocks.
-A cancelled or timed-out call stops at the next token; its session is dropped because a model
-step may still be finishing in the worker thread, and the client re-sends its context.
+The servicer keeps each session's token ids and hands the engine (`cloud.engine`: the step engine
+over transformers, or vLLM) the whole context per relay. A cancelled or timed-out call stops the
+engine at its next token; the session is dropped because its engine state may be half a step
+ahead, and the client re-sends its context.
 """
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-import numpy as np
 
-from cloud.backend import LlmBackend
 from cloud.config import CloudConfig
+from cloud.engine import Engine, GenerateDone, GenerateParams
 from cloud.metrics import Metrics
 from cloud.sessions import CapacityError, Session, SessionError, SessionStore
-from common.sampling import log_probability, sample
 from common.wire import pb, pb_grpc
 
 log = logging.getLogger(__name__)
@@ -31,19 +28,18 @@ PROTOCOL_VERSION = "relaywire.v1"
 
 
 class RelayServicer(pb_grpc.RelayServiceServicer):
-    def __init__(self, backend: LlmBackend, config: CloudConfig, metrics: Metrics) -> None:
-        self.backend = backend
+    def __init__(self, engine: Engine, config: CloudConfig, metrics: Metrics) -> None:
+        self.engine = engine
         self.config = config
         self.metrics = metrics
-        self.info = backend.info
+        self.info = engine.info
         self.max_context = min(config.max_context or self.info.max_context, self.info.max_context)
         self.store = SessionStore(
-            backend.new_cache,
+            engine.new_state,
             max_sessions=config.max_sessions,
             max_kv_bytes=config.max_kv_bytes,
             idle_ttl_s=config.idle_ttl_s,
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         self._token = config.auth_token.get_secret_value() if config.auth_token else None
 
     # -- RPCs -------------------------------------------------------------------------------
@@ -62,6 +58,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             device=i.device,
             dtype=i.dtype,
             protocol_version=PROTOCOL_VERSION,
+            engine=self.engine.name,
         )
 
     async def OpenSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -171,7 +168,7 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
 
     async def _session_for(self, request: Any, context: grpc.aio.ServicerContext) -> Session:
         if not request.session_id:
-            return Session("", self.backend.new_cache())
+            return Session("", self.engine.new_state())
         try:
             return self.store.get(request.session_id)
         except SessionError as exc:
@@ -181,61 +178,59 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
     def _kv_need(self, session: Session, request: Any) -> int:
         """KV bytes the session will hold at the end of this relay, at most."""
         tokens = len(session.ids) + len(request.delta_ids) + request.max_new_tokens
-        return tokens * self.backend.kv_bytes_per_token()
-
-    async def _step(self, session: Session, ids: list[int]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        logits = await loop.run_in_executor(self._executor, self.backend.forward, session.cache, ids)
-        session.kv_len += len(ids)
-        return logits
+        return tokens * self.engine.kv_bytes_per_token()
 
     async def _generate(self, session: Session, request: Any, queue_ms: float = 0.0) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         sampling = request.sampling
-        rng = np.random.default_rng(sampling.seed if sampling.HasField("seed") else None)
-        stops = set(self.info.eos_ids) | set(request.stop_ids)
-        cached = session.kv_len
         session.ids.extend(request.delta_ids)
-        feed = session.ids[session.kv_len :]
-        logits = await self._step(session, feed)
-        prefill_ms = (time.perf_counter() - started) * 1e3
-        budget = min(request.max_new_tokens, self.max_context - len(session.ids))
-        finish, produced = pb.FINISH_REASON_LENGTH, 0
-        while produced < budget:
-            token = await loop.run_in_executor(  # off the event loop: a full-vocabulary softmax
-                self._executor, sample, logits, rng, sampling.temperature, sampling.top_p or 1.0, sampling.top_k
-            )
-            session.ids.append(token)
-            produced += 1
-            logprobs = [log_probability(logits, token)] if request.return_logprobs else []
-            yield pb.RelayChunk(tokens=pb.TokenBatch(ids=[token], logprobs=logprobs))
-            if token in stops:
-                finish = pb.FINISH_REASON_EOS
+        params = GenerateParams(
+            max_new_tokens=min(request.max_new_tokens, self.max_context - len(session.ids)),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p or 1.0,
+            top_k=sampling.top_k,
+            seed=sampling.seed if sampling.HasField("seed") else None,
+            stop_ids=frozenset(request.stop_ids),
+            logprobs=request.return_logprobs,
+        )
+        done: GenerateDone | None = None
+        async for out in self.engine.generate(session.state, list(session.ids), params):
+            if isinstance(out, GenerateDone):
+                done = out
                 break
-            if produced < budget:
-                logits = await self._step(session, [token])
+            session.ids.append(out.token_id)
+            logprobs = [out.logprob] if out.logprob is not None else []
+            yield pb.RelayChunk(tokens=pb.TokenBatch(ids=[out.token_id], logprobs=logprobs))
+        assert done is not None, "an engine ends every generation with GenerateDone"
         total_ms = (time.perf_counter() - started) * 1e3
-        self._record(session, len(feed), cached, produced, total_ms)
+        self._record(session, done, total_ms)
+        finish = pb.FINISH_REASON_EOS if done.finish == "eos" else pb.FINISH_REASON_LENGTH
         yield pb.RelayChunk(
             done=pb.RelayDone(
                 finish_reason=finish,
-                usage=pb.Usage(prompt_tokens=len(feed), cached_tokens=cached, completion_tokens=produced),
+                usage=pb.Usage(
+                    prompt_tokens=done.prompt_tokens,
+                    cached_tokens=done.cached_tokens,
+                    completion_tokens=done.completion_tokens,
+                ),
                 timings=pb.ServerTimings(
-                    queue_ms=queue_ms, prefill_ms=prefill_ms, decode_ms=total_ms - prefill_ms, total_ms=total_ms
+                    queue_ms=queue_ms,
+                    prefill_ms=done.prefill_ms,
+                    decode_ms=total_ms - done.prefill_ms,
+                    total_ms=total_ms,
                 ),
                 context_len=len(session.ids),
             )
         )
 
-    def _record(self, session: Session, prefilled: int, cached: int, produced: int, total_ms: float) -> None:
+    def _record(self, session: Session, done: GenerateDone, total_ms: float) -> None:
         m = self.metrics
-        m.prefill_tokens.inc(prefilled)
-        m.cached_tokens.inc(cached)
-        m.generated_tokens.inc(produced)
+        m.prefill_tokens.inc(done.prompt_tokens)
+        m.cached_tokens.inc(done.cached_tokens)
+        m.generated_tokens.inc(done.completion_tokens)
         m.latency.observe(total_ms / 1e3)
         if session.session_id:
-            self.store.update_usage(session, self.backend.cache_nbytes(session.cache))
+            self.store.update_usage(session, self.engine.state_nbytes(session.state))
 
     def _update_gauges(self) -> None:
         self.metrics.sessions.set(len(self.store))
@@ -243,4 +238,4 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
         self.metrics.evictions.set(self.store.evictions)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.shutdown()

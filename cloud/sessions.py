@@ -1,8 +1,8 @@
 """Per-session LLM context and KV cache, with an LRU cap on sessions and on KV memory, and an idle TTL.
 
-Invariant: `session.cache` holds the KV of `session.ids[:session.kv_len]`. After a relay the last
-generated token is usually not in the cache yet (it was sampled, not fed), so the next relay
-feeds `ids[kv_len:] + delta` and prefills only what is new.
+A session holds its token ids (the LLM's context so far) and the engine's state for it (the step
+engine's KV cache; nothing for vLLM, which finds the shared prefix in its own cache). The engine
+prefills only what is new (see `cloud.engine`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ class CapacityError(Exception):
 @dataclass
 class Session:
     session_id: str
-    cache: Any
+    state: Any
+    """The engine's per-session state (`Engine.new_state`)."""
     ids: list[int] = field(default_factory=list)
-    kv_len: int = 0
     kv_bytes: int = 0
     reserved: int = 0
     """KV bytes this session may grow to during the relay under way (held against the budget)."""
@@ -43,14 +43,14 @@ class Session:
 class SessionStore:
     def __init__(
         self,
-        new_cache: Callable[[], Any],
+        new_state: Callable[[], Any],
         *,
         max_sessions: int,
         max_kv_bytes: int,
         idle_ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._new_cache = new_cache
+        self._new_state = new_state
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self.max_sessions = max_sessions
         self.max_kv_bytes = max_kv_bytes
@@ -105,7 +105,7 @@ class SessionStore:
         while len(self._sessions) >= self.max_sessions:
             if not self._evict_one():
                 raise CapacityError(f"all {self.max_sessions} sessions are busy")
-        session = Session(secrets.token_hex(16), self._new_cache(), last_used=self._clock())
+        session = Session(secrets.token_hex(16), self._new_state(), last_used=self._clock())
         self._sessions[session.session_id] = session
         return session
 
