@@ -44,7 +44,7 @@ models: setup
 chat: models
 	$(RELAY) chat
 
-test: models
+test: models vllm
 	$(PY) -m pytest -q
 
 test-unit: setup

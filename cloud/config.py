@@ -38,8 +38,12 @@ class VllmSection(BaseModel):
     size comes from the VLLM_CPU_KVCACHE_SPACE environment variable, in GiB)."""
     max_num_seqs: int = Field(64, ge=1)
     """Requests batched together at most."""
-    enforce_eager: bool = True
-    """Skip graph capture (faster start; on CPU there is nothing to capture)."""
+    block_size: int | None = Field(None, ge=1)
+    """KV-cache block size in tokens (None: vLLM's default for the device). Prefix caching reuses
+    whole blocks only, so smaller blocks reuse more of a session's context between relays."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph capture and compilation. None: on CPU (a faster start, little to gain), not
+    on GPU (graphs speed up decoding)."""
 
 
 class CloudConfig(BaseModel):

@@ -48,6 +48,7 @@ class VllmEngine(Engine):
             ) from None
         from models.identity import chat_template_sha256, tokenizer_sha256
 
+        _precheck(settings)
         args = AsyncEngineArgs(
             model=str(model_dir),
             dtype=settings.dtype,
@@ -58,7 +59,8 @@ class VllmEngine(Engine):
             distributed_executor_backend=settings.distributed_executor_backend,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,
-            enforce_eager=settings.enforce_eager,
+            enforce_eager=settings.enforce_eager if settings.enforce_eager is not None else _on_cpu(),
+            block_size=settings.block_size,
             disable_log_stats=True,
         )
         try:
@@ -120,6 +122,30 @@ class VllmEngine(Engine):
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _precheck(settings: VllmSection) -> None:
+    """What vLLM would only report from inside a worker process, said in one line up front."""
+    import os
+
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    if settings.block_size is not None and settings.block_size % 32:
+        raise UserError(f"vllm.block_size must be a multiple of 32 on CPU, got {settings.block_size}")
+    space_gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 4)
+    available_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    if space_gib >= available_gib:
+        raise UserError(
+            f"no memory for the KV cache: VLLM_CPU_KVCACHE_SPACE={space_gib:g} GiB but {available_gib:.1f} GiB is free"
+        )
 
 
 def _eos_ids(model_dir: Path) -> tuple[int, ...]:

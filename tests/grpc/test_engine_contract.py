@@ -207,3 +207,32 @@ def test_concurrent_sessions_all_complete_with_their_own_tokens(stub) -> None:  
     with ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(one, prompts))
     assert together == alone, "batching sessions together changes no session's greedy tokens"
+
+
+def _serve_vllm(python: Path, model_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [str(python), "-m", "relaycli.main", "cloud", "serve", "--engine", "vllm", "--llm", str(model_dir),
+           "--port", "0", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_vllm_missing_is_one_line_and_a_failed_exit(wide_llm: Path) -> None:
+    import sys
+
+    run = _serve_vllm(Path(sys.executable), wide_llm)  # this environment has no vLLM
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "the vllm engine needs vLLM" in run.stderr and "make vllm" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "says"),
+    [
+        (["--set", "vllm.block_size=16"], {}, "multiple of 32 on CPU"),
+        ([], {"VLLM_CPU_KVCACHE_SPACE": "100000"}, "no memory for the KV cache"),
+    ],
+)
+def test_vllm_that_cannot_start_says_why_and_exits(wide_llm: Path, extra: list[str], env: dict, says: str) -> None:
+    if not VLLM_PYTHON.is_file():
+        pytest.skip("no .venv-vllm: `make vllm` installs the vLLM engine's environment")
+    run = _serve_vllm(VLLM_PYTHON, wide_llm, *extra, env=env)
+    assert run.returncode != 0 and READY_PREFIX not in run.stdout
+    assert says in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]
