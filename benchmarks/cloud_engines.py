@@ -143,7 +143,9 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,4,8,16")
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--vllm-block-size", type=int, default=32, help="vLLM KV block size (tokens; CPU: a multiple of 32)")
+    parser.add_argument(
+        "--vllm-block-size", type=int, default=32, help="vLLM KV block size (tokens; CPU: a multiple of 32)"
+    )
     args = parser.parse_args()
     from tokenizers import Tokenizer
 
