@@ -3,7 +3,8 @@
     python docs/screenshot.py [question]
 
 Runs the Textual app under Pilot at 120x40, asks one question with the entropy controller so the
-cloud writes some spans, saves Textual's SVG screenshot, and converts it to PNG with cairosvg.
+cloud writes some spans, opens the "why" strip (F4), saves Textual's SVG screenshot, and converts
+it to PNG with cairosvg.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from edge.config import EdgeConfig  # noqa: E402
 from edge.relay.settings import RelaySettings  # noqa: E402
 from edge.ui.app import ChatApp  # noqa: E402
 
-QUESTION = "Tom has 3 boxes with 4 apples in each box. He eats 2 apples. How many apples are left?"
+QUESTION = (
+    "Tom has 3 boxes with 4 apples in each box. He eats 2 apples. How many apples are left? "
+    "Show the arithmetic in math notation."
+)
 
 
 async def session(engine, question: str, svg: Path) -> None:
@@ -34,6 +38,8 @@ async def session(engine, question: str, svg: Path) -> None:
         await pilot.press("enter")
         while app.workers and any(w.is_running for w in app.workers):
             await asyncio.sleep(0.5)
+        await pilot.press("f4")  # the "why" strip under the answer
+        app.query_one("#prompt").cursor_blink = False
         await pilot.pause(1.0)
         app.save_screenshot(filename=svg.name, path=str(svg.parent))
 
