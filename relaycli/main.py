@@ -1,7 +1,7 @@
 """The `relay` command: one entry point, one subcommand group per role.
 
-Each role registers its own subcommands (`models`, `export`, `train`, `ask`, `chat`, `cloud`,
-`eval`; benchmarks are scripts under `benchmarks/`) so this file only dispatches and turns
+Each role registers its own subcommands (`models`, `export`, `train`, `ask`, `chat`, `edge`,
+`cloud`, `eval`; benchmarks are scripts under `benchmarks/`) so this file only dispatches and turns
 `UserError` into one line and a non-zero exit.
 """
 
@@ -22,6 +22,7 @@ ROLES: list[str] = [
     "training.cli",
     "edge.cli",
     "edge.ui.cli",
+    "edge.openai_server",
     "cloud.cli",
     "evaluation.cli",
 ]
