@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -99,7 +99,9 @@ class StepState:
 
     cache: Any
     kv_len: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+    last_logits: np.ndarray | None = None
+    """Logits after the last fed token: a relay with nothing new to feed (the previous one produced
+    no token) starts from them, since a model step over zero tokens is not a thing."""
 
 
 class StepEngine(Engine):
@@ -126,9 +128,12 @@ class StepEngine(Engine):
         return self.backend.kv_bytes_per_token()
 
     async def _step(self, state: StepState, ids: list[int]) -> np.ndarray:
+        if not ids and state.last_logits is not None:
+            return state.last_logits
         loop = asyncio.get_running_loop()
         logits = await loop.run_in_executor(self._executor, self.backend.forward, state.cache, ids)
         state.kv_len += len(ids)
+        state.last_logits = logits
         return logits
 
     async def generate(self, state: StepState, context: list[int], params: GenerateParams) -> AsyncIterator[Generated]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -132,6 +133,8 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"context out of step: server holds {len(session.ids)} tokens, client assumed {request.context_len}",
             )
+        if not session.ids and not request.delta_ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to continue: the session is empty")
         if len(session.ids) + len(request.delta_ids) >= self.max_context:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -161,8 +164,8 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             problem = "a stateless call (no session_id) must have context_len 0"
         elif not request.session_id and not request.delta_ids:
             problem = "a stateless call needs the whole context in delta_ids"
-        elif request.sampling.temperature < 0 or not 0 <= request.sampling.top_p <= 1:
-            problem = "temperature must be >= 0 and top_p in [0, 1]"
+        elif not 0 <= request.sampling.temperature < math.inf or not 0 <= request.sampling.top_p <= 1:
+            problem = "temperature must be finite and >= 0, and top_p in [0, 1]"
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 

@@ -29,13 +29,14 @@ def sample(
 ) -> int:
     if temperature <= 0.0:
         return int(np.argmax(logits))
-    probs = softmax(logits / temperature)
+    probs = softmax(logits.astype(np.float64) / temperature)  # float64: a tiny temperature must not overflow
     if top_k and top_k < probs.size:
         cutoff = np.partition(probs, -top_k)[-top_k]
         probs = np.where(probs >= cutoff, probs, 0.0)
     if top_p < 1.0:
         order = np.argsort(-probs)
         keep = np.cumsum(probs[order]) - probs[order] < top_p
+        keep[0] = True  # the most likely token always stays (top_p = 0 is greedy, not empty)
         mask = np.zeros_like(probs, dtype=bool)
         mask[order[keep]] = True
         probs = np.where(mask, probs, 0.0)

@@ -296,3 +296,13 @@ def test_call_bias_raises_the_slms_own_command_and_nothing_else() -> None:
     never = RelayMachine(encode("Q?"), view(), RelaySettings(policy="never", call_bias=20.0))
     never.start()
     assert _first_token(never, logits("a", "<")) == "a"
+
+
+def test_sampling_survives_extreme_values() -> None:
+    from common.sampling import sample
+
+    logits = np.array([1.0, 3.0, 2.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    assert sample(logits, rng, temperature=1e-45) == 1, "a denormal temperature is greedy, not NaN"
+    assert sample(logits, rng, temperature=1.0, top_p=0.0) == 1, "top_p 0 keeps the top token"
+    assert sample(logits, rng, temperature=1e30) in (0, 1, 2)
