@@ -70,6 +70,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("max_new_tokens", "Max answer tokens"),
     ("fixed_n", "N for entropy/random"),
     ("entropy_tau", "Entropy τ (top-1 prob.)"),
+    ("call_bias", "Call bias (learned; + calls more)"),
     ("budget_usd", "Budget per answer, USD (empty: none)"),
 ]
 
