@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from common.ready import READY_PREFIX
+from common.ready import read_ready_address
 from common.wire import pb, pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,21 +67,11 @@ def serve(engine: str, model_dir: Path, block_size: int) -> Iterator[str]:
     log.parent.mkdir(exist_ok=True)
     with open(log, "w") as err:
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    found: list[str] = []
-
-    def read() -> None:
-        for line in child.stdout:  # type: ignore[union-attr]
-            if line.startswith(READY_PREFIX):
-                found.append(line.split()[1])
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(900)
+    address = read_ready_address(child, 900)
     try:
-        if not found:
+        if address is None:
             raise SystemExit(f"vLLM server did not start; see {log}")
-        yield found[0]
+        yield address
     finally:
         child.terminate()
         child.wait(60)

@@ -14,13 +14,12 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.ready import READY_PREFIX
+from common.ready import read_ready_address
 from common.steps import Steps
 from edge.cloud_link import CloudError, CloudLink
 from edge.config import EdgeConfig
@@ -133,23 +132,12 @@ def embedded_cloud(config: EdgeConfig, llm_dir: Path | None, token: str) -> Iter
 
 
 def _wait_ready(child: subprocess.Popen, timeout_s: float, log_file: Path) -> str:
-    found: list[str] = []
-
-    def read() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith(READY_PREFIX):
-                found.append(line.split()[1])
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    if not found:
+    address = read_ready_address(child, timeout_s)
+    if address is None:
         child.kill()
         why = f"exited with code {child.poll()}" if child.poll() is not None else f"not ready in {timeout_s:.0f} s"
         raise UserError(f"the embedded cloud {why} (log: {log_file})")
-    return found[0]
+    return address
 
 
 def _log_path(config: EdgeConfig) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.ready import READY_PREFIX
+from common.ready import READY_PREFIX, read_ready_address
 from common.wire import pb, pb_grpc
 from tests.grpc.server_thread import ServerThread, config, tiny_backend
 from tests.tiny import build_model
@@ -58,21 +57,10 @@ def _vllm_server(model_dir: Path) -> Iterator[str]:
     log = model_dir.parent / "vllm-server.log"
     with open(log, "w") as err:
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    found: list[str] = []
-
-    def read() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith(READY_PREFIX):
-                found.append(line.split()[1])
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(600)
+    address = read_ready_address(child, 600)
     try:
-        assert found, f"the vLLM server did not start (exit {child.poll()}); log:\n{log.read_text()[-3000:]}"
-        yield found[0]
+        assert address, f"the vLLM server did not start (exit {child.poll()}); log:\n{log.read_text()[-3000:]}"
+        yield address
     finally:
         child.terminate()
         try:
