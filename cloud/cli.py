@@ -24,6 +24,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--engine", choices=("transformers", "vllm"), help="what runs the LLM (default: transformers)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a bearer token")
     serve.set_defaults(func=run_serve)
+    health = cloud_sub.add_parser("health", help="exit 0 when a relay server reports SERVING (grpc.health.v1)")
+    health.add_argument("--address", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051)")
+    health.add_argument("--tls-ca", type=Path, help="CA certificate of a TLS server")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health.set_defaults(func=run_health)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """One line and exit 0 for SERVING; one line and exit 1 for anything else (a healthcheck)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from common.errors import UserError
+
+    if args.tls_ca is not None:
+        try:
+            creds = grpc.ssl_channel_credentials(root_certificates=args.tls_ca.read_bytes())
+        except OSError as exc:
+            raise UserError(f"--tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
+        channel = grpc.secure_channel(args.address, creds)
+    else:
+        channel = grpc.insecure_channel(args.address)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            detail = next(iter((exc.details() or "").splitlines()), "")
+            print(f"{args.address}: {exc.code().name} {detail}".rstrip())
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if status == "SERVING" else 1
 
 
 def run_serve(args: argparse.Namespace) -> int:

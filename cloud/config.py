@@ -77,7 +77,8 @@ class CloudConfig(BaseModel):
     idle_ttl_s: float = Field(600.0, gt=0)
     """A session unused for this long is dropped."""
     auth_token: SecretStr | None = None
-    """Bearer token clients must send; also read from RELAY_CLOUD_TOKEN. None: no auth."""
+    """Bearer token clients must send; also read from RELAY_CLOUD_TOKEN or the file in
+    RELAY_CLOUD_TOKEN_FILE (a compose secret). None: no auth."""
     tls: TlsConfig | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """Prometheus /metrics HTTP port (None: off)."""
@@ -89,10 +90,10 @@ class CloudConfig(BaseModel):
 
     @model_validator(mode="after")
     def _token_from_env(self) -> CloudConfig:
-        import os
+        from common.secrets import env_secret
 
-        if self.auth_token is None and os.environ.get("RELAY_CLOUD_TOKEN"):
-            self.auth_token = SecretStr(os.environ["RELAY_CLOUD_TOKEN"])
+        if self.auth_token is None and (token := env_secret("RELAY_CLOUD_TOKEN")):
+            self.auth_token = SecretStr(token)
         return self
 
 

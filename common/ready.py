@@ -4,16 +4,17 @@ knows it is up and which port it bound: `RELAY-CLOUD-READY host:port`."""
 READY_PREFIX = "RELAY-CLOUD-READY"
 
 
-def read_ready_address(child, timeout_s: float) -> str | None:  # type: ignore[no-untyped-def]
+def read_ready_address(child, timeout_s: float, prefix: str = READY_PREFIX) -> str | None:  # type: ignore[no-untyped-def]
     """The address a server child (a `subprocess.Popen` with text stdout) announces on its ready
-    line, or None if it did not within `timeout_s` (it exited, or is still loading)."""
+    line (`prefix host:port`), or None if it did not within `timeout_s` (it exited, or is still
+    loading)."""
     import threading
 
     found: list[str] = []
 
     def read() -> None:
         for line in child.stdout:
-            if line.startswith(READY_PREFIX):
+            if line.startswith(prefix):
                 found.append(line.split()[1])
                 return
 

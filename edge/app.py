@@ -20,6 +20,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.ready import read_ready_address
+from common.secrets import env_secret
 from common.steps import Steps
 from edge.cloud_link import CloudError, CloudLink
 from edge.config import EdgeConfig
@@ -42,15 +43,17 @@ def resolve_models(config: EdgeConfig, need_llm: bool, steps: Steps | None = Non
         return ModelDirs(m.slm_onnx_dir, None)
     from edge.export import ensure_onnx
     from models.identity import check_pair
-    from models.supply import cache_root, ensure_model, resolve_pair
+    from models.registry import load_registry
+    from models.supply import cache_root, ensure_model
 
-    pair = resolve_pair(m.pair, cache_dir=m.cache_dir, pull=True, steps=steps)
-    slm_dir = ensure_model(m.slm, cache_dir=m.cache_dir, steps=steps) if m.slm else pair.slm_dir
-    llm_dir = ensure_model(m.llm, cache_dir=m.cache_dir, steps=steps) if m.llm else pair.llm_dir
-    if need_llm:
+    _, pair = load_registry().pair(m.pair)
+    slm_dir = ensure_model(m.slm or pair.slm, cache_dir=m.cache_dir, steps=steps)
+    llm_dir = None
+    if need_llm:  # an edge with a remote cloud never fetches the LLM
+        llm_dir = ensure_model(m.llm or pair.llm, cache_dir=m.cache_dir, steps=steps)
         check_pair(slm_dir, llm_dir)
     onnx = m.slm_onnx_dir or ensure_onnx(slm_dir, cache_root(m.cache_dir), m.quant, steps=steps)
-    return ModelDirs(onnx, llm_dir if need_llm else None)
+    return ModelDirs(onnx, llm_dir)
 
 
 @contextlib.contextmanager
@@ -66,7 +69,7 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None, steps: Steps | None
     vocab = Vocab.load(dirs.slm_onnx, vocab_size=slm.vocab_size)
     say(f"SLM on {slm.provider}")
     with contextlib.ExitStack() as stack:
-        token = config.cloud.token.get_secret_value() if config.cloud.token else os.environ.get("RELAY_CLOUD_TOKEN")
+        token = config.cloud.token.get_secret_value() if config.cloud.token else env_secret("RELAY_CLOUD_TOKEN")
         state = "connected"
         if embedded:
             token = secrets.token_urlsafe(24)
@@ -79,6 +82,7 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None, steps: Steps | None
             link, note = _connect(config, address, token, dirs.slm_onnx, vocab.eos_ids)
             if link is not None:
                 stack.callback(link.close)
+                state = state if link.checked else "reconnecting"
         engine = RelayEngine(slm, vocab, link, config.prices, cloud_state=state if link else "offline")
         engine.cloud_address = None if address == "off" else address
         engine.cloud_note = note
@@ -101,6 +105,9 @@ def _connect(
     try:
         link.connect(tokenizer_sha256(slm_dir), timeout_s=c.connect_timeout_s, eos_ids=eos_ids)
     except CloudError as exc:
+        if exc.transient:  # not up yet, or down for now: answer SLM-only and retry with a backoff
+            log.warning("cloud not reachable yet (answers are SLM-only until it is): %s", exc)
+            return link, str(exc)
         link.close()
         log.warning("cloud offline: %s", exc)
         return None, str(exc)

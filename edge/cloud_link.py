@@ -36,6 +36,13 @@ class CloudError(Exception):
         self.transient = transient
 
 
+# gRPC's own reconnect backoff grows to 120 s; a restarted cloud should be found within seconds.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+
 TRANSIENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
      grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
@@ -80,14 +87,13 @@ class CloudLink:
         self.per_token_s = 1.0
         """Measured server time per LLM token (moving average; starts conservative)."""
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._root_certificates = None
         if tls_ca_file:
             with open(tls_ca_file, "rb") as fh:
-                creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
-            self._channel = grpc.secure_channel(address, creds)
-        else:
-            self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.RelayServiceStub(self._channel)
+                self._root_certificates = fh.read()
+        self._open_channel()
         self.info: object | None = None
+        self._check_args: tuple[str, float, tuple[int, ...]] = ("", 10.0, ())
         self.last = RelayOutcome()
         self._tokenizer_sha256 = ""
         self._consumer_s = 0.0
@@ -97,21 +103,27 @@ class CloudLink:
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def connect(self, tokenizer_sha256: str, timeout_s: float = 10.0, eos_ids: Iterable[int] = ()) -> object:
+    def connect(
+        self, tokenizer_sha256: str, timeout_s: float = 10.0, eos_ids: Iterable[int] = (), *, wait: bool = True
+    ) -> object:
         """Fetch model info and check the tokenizer (and, given the edge's `eos_ids`, that every
-        token the cloud stops on is one the edge knows as an end); CloudError on a mismatch."""
+        token the cloud stops on is one the edge knows as an end); CloudError on a mismatch.
+        `wait`: wait up to `timeout_s` for an unreachable server; off, fail at once (a retry)."""
+        self._check_args = (tokenizer_sha256, timeout_s, tuple(eos_ids))
         try:
             info = self._stub.GetModelInfo(
-                pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata, wait_for_ready=True
+                pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata, wait_for_ready=wait
             )
         except grpc.RpcError as exc:
+            if wait and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # waited for a server that never came
+                raise CloudError(f"cloud at {self.address} unreachable for {timeout_s:g} s", transient=True) from None
             raise _cloud_error(exc, self.address) from None
         if tokenizer_sha256 and info.tokenizer_sha256 != tokenizer_sha256:
             raise CloudError(
                 f"cloud model {info.model_id} uses a different tokenizer "
                 f"({info.tokenizer_sha256[:12]} vs local {tokenizer_sha256[:12]}): refusing to relay"
             )
-        edge_eos = set(eos_ids)
+        edge_eos = set(self._check_args[2])
         if edge_eos and not set(info.eos_token_ids) <= edge_eos:
             raise CloudError(
                 f"cloud model {info.model_id} ends answers on ids {sorted(info.eos_token_ids)}, the edge on "
@@ -120,6 +132,28 @@ class CloudLink:
         self.info = info
         self._tokenizer_sha256 = tokenizer_sha256
         return info
+
+    @property
+    def checked(self) -> bool:
+        """The server's model info was fetched and matched (a link made while the cloud was
+        unreachable is not, until `reconnect` succeeds)."""
+        return self.info is not None
+
+    def reconnect(self) -> object:
+        """Repeat the first `connect` (same checks) on a fresh channel, without waiting for an
+        unreachable server (the old channel may sit in gRPC's own reconnect backoff)."""
+        self._channel.close()
+        self._open_channel()
+        sha, timeout_s, eos_ids = self._check_args
+        return self.connect(sha, timeout_s, eos_ids, wait=False)
+
+    def _open_channel(self) -> None:
+        if self._root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
+            self._channel = grpc.secure_channel(self.address, creds, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RelayServiceStub(self._channel)
 
     def close(self) -> None:
         self._close_session()

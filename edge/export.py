@@ -37,12 +37,17 @@ def onnx_dir(cache_dir: Path, model_name: str, quant: Quant) -> Path:
     return Path(cache_dir) / "onnx" / model_name / quant
 
 
-def source_identity(slm_hf_dir: Path) -> dict:
+def source_identity(slm_hf_dir: Path, cache_dir: Path | None = None) -> dict:
     """What an export was built from: the HF directory and, when it is a cache entry, its marker,
-    so re-converting the source (new pin, fixed tokenizer) invalidates the export too."""
+    so re-converting the source (new pin, fixed tokenizer) invalidates the export too. A source
+    inside the cache is named relative to it, so a cache mounted elsewhere (a container volume)
+    keeps its exports."""
     source = read_marker(slm_hf_dir) or {}
     digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
-    return {"source": str(slm_hf_dir), "source_marker": digest, "export_format": EXPORT_FORMAT}
+    where = str(slm_hf_dir)
+    if cache_dir is not None and slm_hf_dir.resolve().is_relative_to(Path(cache_dir).resolve()):
+        where = "cache:" + slm_hf_dir.resolve().relative_to(Path(cache_dir).resolve()).as_posix()
+    return {"source": where, "source_marker": digest, "export_format": EXPORT_FORMAT}
 
 
 def ensure_onnx(
@@ -52,8 +57,9 @@ def ensure_onnx(
     steps = steps or Steps()
     slm_hf_dir = Path(slm_hf_dir)
     target = onnx_dir(cache_dir, slm_hf_dir.name, quant)
-    expect = {**source_identity(slm_hf_dir), "quant": quant}
-    if is_complete(target, expect) and (target / "model.onnx").is_file():
+    expect = {**source_identity(slm_hf_dir, cache_dir), "quant": quant}
+    legacy = {**source_identity(slm_hf_dir), "quant": quant}  # exports made before cache-relative names
+    if (is_complete(target, expect) or is_complete(target, legacy)) and (target / "model.onnx").is_file():
         return target
     if quant != "fp32":
         source = ensure_onnx(slm_hf_dir, cache_dir, "fp32", verify_tokens=verify_tokens, steps=steps)

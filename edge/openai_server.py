@@ -9,8 +9,8 @@ then any OpenAI client: `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run time,
 # and `Request` is imported inside `make_app` (fastapi loads only when the API is served).
 import argparse
+import asyncio
 import hmac
-import os
 from typing import Any
 
 from edge.openai_api import ApiError, ChatRequest, RelayService, complete, stream_chunks
@@ -56,7 +56,11 @@ def make_app(service: RelayService) -> Any:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "cloud": getattr(service.engine, "cloud_state", "unknown")}
+        engine = service.engine
+        if hasattr(engine, "check_cloud"):  # a cloud that was down at start: try it when the backoff allows
+            await asyncio.to_thread(engine.check_cloud)
+        state = getattr(engine, "cloud_state", "unknown")
+        return {"status": "ok", "cloud": state, "cloud_note": getattr(engine, "cloud_note", "")}
 
     return app
 
@@ -78,12 +82,13 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from common.errors import UserError
+    from common.secrets import env_secret
     from common.steps import Steps
     from edge.app import open_engine
     from edge.cli import config_from_args
     from models.supply import cache_root
 
-    api_key = args.api_key or os.environ.get("RELAY_EDGE_API_KEY") or None
+    api_key = args.api_key or env_secret("RELAY_EDGE_API_KEY")
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         raise UserError(f"refusing to serve on {args.host} without an API key: set RELAY_EDGE_API_KEY or --api-key")
     config = config_from_args(args)

@@ -25,6 +25,7 @@ ROLES: list[str] = [
     "edge.openai_server",
     "cloud.cli",
     "evaluation.cli",
+    "benchmarks.wan",
 ]
 
 

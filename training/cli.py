@@ -123,13 +123,15 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
-    from training.grpo import run_grpo
+    from training.grpo import run_grpo, warmup_solved
 
     config = _config(args)
     adapter = _given_adapter(args) or Path(config.out_dir) / "sft" / "final"
-    run_grpo(
-        config, _questions(config, args.limit), Path(config.out_dir) / "grpo", adapter if adapter.is_dir() else None
-    )
+    questions = _questions(config, args.limit)
+    if config.grpo.questions == "warmup_solved":
+        progress = Path(config.out_dir) / f"warmup-{config.warmup.mode}" / "progress.jsonl"
+        questions = warmup_solved(questions, progress)
+    run_grpo(config, questions, Path(config.out_dir) / "grpo", adapter if adapter.is_dir() else None)
     return 0
 
 

@@ -117,6 +117,10 @@ class GrpoSection(_Section):
     """k: LLM samples per question for the pass-rate filter; 0 turns the filter off (on a CPU the
     filter costs more than the training: k whole LLM answers per question)."""
     teacher_min_pass: float = Field(0.5, ge=0, le=1)
+    questions: Literal["all", "warmup_solved"] = "all"
+    """warmup_solved: train only on questions the warm-up solved, the SLM alone or with the LLM's
+    spliced help. A free stand-in for the teacher filter (it reuses the warm-up's LLM work) that also
+    drops questions no group member can solve, whose groups carry almost no signal."""
     save_steps: int = Field(5, ge=1)
     lockstep: bool = True
     """Batch the policy forwards of a question's G answers (training/lockstep.py); off: batch 1."""

@@ -164,6 +164,18 @@ def teacher_filter(questions: list[Question], engine: RelayEngine, config: Train
 # ----------------------------------------------------------------------------- training
 
 
+def warmup_solved(questions: list[Question], progress: Path) -> list[Question]:
+    """The questions whose warm-up answer was right: by the SLM alone or after the LLM's splice."""
+    if not progress.is_file():
+        raise UserError(f"grpo.questions=warmup_solved needs the warm-up's {progress} (run `relay train warmup`)")
+    solved = {row["id"] for row in read_jsonl(progress) if row.get("outcome") in ("no_call", "relayed")}
+    kept = [q for q in questions if q.id in solved]
+    if not kept:
+        raise UserError(f"no question in {progress} was solved at warm-up; use grpo.questions=all")
+    print(f"warm-up solved {len(kept)} of {len(questions)} questions: training on those")
+    return kept
+
+
 def _llm_links(config: TrainConfig, vocab_dir: Path) -> Callable[[], object]:
     """A factory of LLM links for rollouts (one per answer): the cloud's backend in this process
     (one model, a KV cache per link) or a running cloud over gRPC (a session per link)."""

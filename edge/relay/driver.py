@@ -100,7 +100,8 @@ class RelayEngine:
         self.prices = prices or PriceTable()
         self.cloud_state = cloud_state if link is not None else "offline"
         """connected | embedded | reconnecting (a transient failure; retried after a backoff) | offline"""
-        self._connected_state = self.cloud_state
+        # A link made while the cloud was unreachable starts "reconnecting"; success makes it connected.
+        self._connected_state = "connected" if self.cloud_state == "reconnecting" else self.cloud_state
         self.cloud_address = link.address if link is not None else None
         self.cloud_note = ""
         """Why the cloud is offline or reconnecting, when it is."""
@@ -112,6 +113,7 @@ class RelayEngine:
             mask=CommandMask(vocab.token_bytes),
         )
         self._lock = threading.Lock()  # one answer at a time per SLM session
+        self._reconnecting = threading.Lock()
 
     @property
     def max_context(self) -> int:
@@ -143,12 +145,32 @@ class RelayEngine:
             self.cloud_note = ""
         self.backoff.succeeded()
 
+    def check_cloud(self) -> None:
+        """Reconnecting and the backoff has run out: probe the cloud on a fresh channel (model
+        info and tokenizer checked again: a restarted cloud may serve another model). This also
+        connects a cloud that was down when the edge started (compose does not always wait)."""
+        reconnect = getattr(self.link, "reconnect", None)
+        if reconnect is None or self.cloud_state != "reconnecting" or not self.backoff.ready():
+            return
+        if self._lock.locked() or not self._reconnecting.acquire(blocking=False):
+            return  # an answer holds the link, or another thread is probing right now
+        try:
+            reconnect()
+        except CloudError as exc:
+            self.cloud_failed(exc)
+        else:
+            self.cloud_succeeded()
+        finally:
+            self._reconnecting.release()
+
     def answer(
         self, messages: list[dict], settings: RelaySettings, cancel: threading.Event | None = None
     ) -> AnswerStream:
         prompt = self.vocab.encode_chat(messages)
         if len(prompt) + 1 >= self.slm.max_context:
             raise UserError(f"prompt of {len(prompt)} tokens does not fit the context ({self.slm.max_context})")
+        if settings.policy != "never":
+            self.check_cloud()
         return AnswerStream(self, prompt, settings, cancel or threading.Event())
 
 

@@ -186,6 +186,39 @@ def test_unreachable_cloud_is_a_clear_error() -> None:
         link.connect("", timeout_s=1)
 
 
+def test_an_edge_started_before_its_cloud_answers_alone_then_connects(llm_backend, slm, vocab, tiny_onnx) -> None:
+    import socket
+
+    from edge.app import _connect
+    from edge.config import EdgeConfig
+    from edge.relay.driver import Backoff
+
+    with socket.socket() as probe:  # a port nobody listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    config = EdgeConfig.model_validate({"cloud": {"address": address, "connect_timeout_s": 1}})
+    link, note = _connect(config, address, None, tiny_onnx, vocab.eos_ids)
+    assert link is not None and not link.checked and "unreachable" in note
+    now = [0.0]
+    engine = RelayEngine(slm, vocab, link, cloud_state="reconnecting")
+    engine.backoff = Backoff(first_s=5, clock=lambda: now[0])
+    settings = RelaySettings(policy="entropy", entropy_tau=0.999, fixed_n=2, max_relays=2, max_new_tokens=8)
+    alone, _ = run(engine, settings)
+    assert not alone.record.relays and "unreachable" in alone.record.fallbacks[0]
+    assert engine.cloud_state == "reconnecting"
+    with ServerThread(llm_backend, config_for_port(port)):
+        now[0] += 6
+        relayed, _ = run(engine, settings)
+    assert len(relayed.record.relays) == 2 and relayed.record.llm_tokens > 0 and not relayed.record.fallbacks
+    assert engine.cloud_state == "connected" and link.checked
+    link.close()
+
+
+def config_for_port(port: int):
+    return config().model_copy(update={"port": port})
+
+
 def test_auth_is_required(llm_backend, slm, vocab, tiny_onnx) -> None:
     with ServerThread(llm_backend, config(auth_token=SecretStr("s3cret"))) as server:
         with pytest.raises(CloudError, match="UNAUTHENTICATED"):

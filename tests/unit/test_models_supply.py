@@ -435,3 +435,31 @@ def test_only_the_mistral_regex_warning_is_dropped() -> None:
         log.removeHandler(handler)
     assert seen == ["something else"]
     assert sum(1 for f in log.filters if type(f).__name__ == "_DropMistralRegexWarning") == 1
+
+
+def test_an_export_survives_its_cache_being_mounted_elsewhere(tiny_pair, tmp_path) -> None:
+    """A container mounts the host's cache at another path: the SLM's export there is reused,
+    not redone, because an export names a source inside the cache relative to the cache."""
+    import shutil
+
+    from edge.export import ensure_onnx
+
+    host = tmp_path / "host-cache"
+    shutil.copytree(tiny_pair[0], host / "hf" / "tiny-slm")
+    exported = ensure_onnx(host / "hf" / "tiny-slm", host, "fp32", verify_tokens=4)
+    mounted = tmp_path / "models"
+    host.rename(mounted)
+    calls = []
+    import edge.export as export
+
+    original, export.export_fp32 = export.export_fp32, lambda *a, **k: calls.append(a)
+    try:
+        again = ensure_onnx(mounted / "hf" / "tiny-slm", mounted, "fp32")
+    finally:
+        export.export_fp32 = original
+    assert again == mounted / exported.relative_to(host) and calls == []
+    outside = tmp_path / "elsewhere-slm"
+    shutil.copytree(mounted / "hf" / "tiny-slm", outside)
+    from edge.export import source_identity
+
+    assert source_identity(outside, mounted)["source"] == str(outside)  # outside the cache: absolute
