@@ -3,7 +3,8 @@
 # (like this project's CI machines; docs/DEPLOY.md). Docker users need none of this.
 #   deploy/podman.sh setup          install podman, runc, debootstrap (apt) and podman-compose (pip)
 #   deploy/podman.sh base           Debian bookworm base image built locally -> relayllm-base:bookworm
-#   deploy/podman.sh build          relayllm:latest on that base, with this host's pip CA and mirrors
+#   deploy/podman.sh build          relayllm:latest on that base (built first if missing), with this
+#                                   host's pip CA and mirrors
 #   deploy/podman.sh compose ARGS   podman-compose with the repo's docker-compose.yml
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,6 +34,7 @@ base() {
 }
 
 build() {
+  podman image exists "$BASE_TAG" || base
   # The host's pip settings reach the build as mounts: its CA bundle (registries are reached through
   # an interception proxy here), the local CPU torch wheel and PyPI mirrors on disk.
   local cert find_links mounts=() args=()
@@ -57,5 +59,5 @@ case "$cmd" in
   base) base ;;
   build) build "$@" ;;
   compose) cd "$ROOT" && exec "$COMPOSE" "$@" ;;
-  *) sed -n '2,8p' "$0"; exit 2 ;;
+  *) sed -n '2,9p' "$0"; exit 2 ;;
 esac
