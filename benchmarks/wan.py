@@ -120,7 +120,8 @@ def cloud_server(link: WanLink, llm: str, env: dict, args: argparse.Namespace) -
 
 def run_profile(
     link: WanLink, name: str, profile: LinkProfile | None, prompts: Path, env: dict, args: argparse.Namespace
-) -> list[dict]:
+) -> Iterator[dict]:
+    """Rows of one profile as the edge client produces them (written as they come)."""
     side, proxy = "cloud", None
     address = f"127.0.0.1:{CLOUD_PORT}"
     if profile is not None:
@@ -141,23 +142,23 @@ def run_profile(
         cmd += ["--set", override]
     print(f"{name}: {len(json.loads(prompts.read_text()))} prompts x {args.policies}", flush=True)
     try:
-        done = link_run(link, side, cmd, env)
+        yield from client_rows(link, side, cmd, env)
     finally:
         if proxy is not None:
             proxy.terminate()
             proxy.wait(10)
-    return [json.loads(line) for line in done.splitlines() if line.startswith("{")]
 
 
-def link_run(link: WanLink, side: str, cmd: list[str], env: dict) -> str:
+def client_rows(link: WanLink, side: str, cmd: list[str], env: dict) -> Iterator[dict]:
     with tempfile.TemporaryFile("w+") as err:
         child = link.popen(side, cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-        out, _ = child.communicate()
-        if child.returncode != 0:
+        for line in child.stdout:
+            if line.startswith("{"):
+                yield json.loads(line)
+        if child.wait() != 0:
             err.seek(0)
             tail = err.read().strip().splitlines()[-1:] or ["(no output)"]
             raise UserError(f"the edge client failed: {tail[0]}")
-    return out
 
 
 def summary_table(rows: list[dict], profiles: list[str], args: argparse.Namespace) -> str:

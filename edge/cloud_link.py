@@ -116,7 +116,7 @@ class CloudLink:
             )
         except grpc.RpcError as exc:
             if wait and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # waited for a server that never came
-                raise CloudError(f"cloud at {self.address} unreachable for {timeout_s:g} s", transient=True) from None
+                raise self._why_unreachable(timeout_s) from None
             raise _cloud_error(exc, self.address) from None
         if tokenizer_sha256 and info.tokenizer_sha256 != tokenizer_sha256:
             raise CloudError(
@@ -132,6 +132,15 @@ class CloudLink:
         self.info = info
         self._tokenizer_sha256 = tokenizer_sha256
         return info
+
+    def _why_unreachable(self, waited_s: float) -> CloudError:
+        """After waiting in vain, one call that fails fast names the cause (refused, DNS, TLS)."""
+        try:
+            self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return _cloud_error(exc, self.address)
+        return CloudError(f"cloud at {self.address} unreachable for {waited_s:g} s", transient=True)
 
     @property
     def checked(self) -> bool:

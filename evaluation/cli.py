@@ -14,6 +14,7 @@ imported lazily so that `relay eval data` and `relay eval report` need neither o
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from common.errors import UserError
@@ -47,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--seed", type=int, help="base seed of the random policies")
     run.add_argument("--cache", type=Path, help="cache root for the benchmark data")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--workers", type=int, default=1,
+        help="answer this many problems at once, each with its own SLM, against one shared cloud "
+        "(needs cloud.address=HOST:PORT; pays off with a batching cloud: --engine vllm)",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="rewrite summary.json/.md and pareto.png of a run")
@@ -99,9 +105,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = base_settings(args, config.relay)
     problems = load_problems(benchmark, args.slice, args.limit, cache=args.cache, skip=args.skip)
     out = args.out or Path("runs") / f"{benchmark}-{args.slice}"
-    with open_engine(config) as engine:
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if args.workers > 1 and config.cloud.address in ("embedded", "off"):
+        raise UserError(
+            "--workers > 1 needs one shared cloud: start `relay cloud serve` and pass --set cloud.address=HOST:PORT"
+        )
+    with contextlib.ExitStack() as stack:
+        engines = [stack.enter_context(open_engine(config)) for _ in range(args.workers)]
         run_suite(
-            make_answerer(engine),
+            [make_answerer(engine) for engine in engines],
             problems,
             labels,
             base,

@@ -22,7 +22,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -184,7 +184,7 @@ def answer_one(answerer: Answerer, problem: Problem, spec: PolicySpec, grader: G
 
 
 def run_policy(
-    answerer: Answerer,
+    answerer: Answerer | list[Answerer],
     problems: list[Problem],
     spec: PolicySpec,
     rows_path: Path,
@@ -209,14 +209,43 @@ def run_policy(
         file=sys.stderr,
     )
     with bar:
-        for problem in todo:
-            row = answer_one(answerer, problem, spec, grader)
-            append_row(rows_path, row)
+        for row in answer_all(answerer, todo, spec, grader):
+            append_row(rows_path, row)  # one writer: rows land whole, in completion order
             existing[row_key(row)] = row
             correct, seen = correct + bool(row["correct"]), seen + 1
             bar.update(1)
             bar.set_postfix(acc=f"{correct / seen:.1%}", refresh=False)
     return [existing[k] for k in keys]
+
+
+def answer_all(
+    answerer: Answerer | list[Answerer], problems: list[Problem], spec: PolicySpec, grader: Grader
+) -> Iterator[dict]:
+    """Rows as they finish. Several answerers (each its own SLM and cloud session) answer that many
+    problems at once against one shared cloud; the rows do not depend on which one answered
+    (per-problem seeds)."""
+    answerers = answerer if isinstance(answerer, list) else [answerer]
+    if len(answerers) == 1:
+        for problem in problems:
+            yield answer_one(answerers[0], problem, spec, grader)
+        return
+    import queue
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    free: queue.Queue = queue.Queue()
+    for one in answerers:
+        free.put(one)
+
+    def job(problem: Problem) -> dict:
+        worker = free.get()
+        try:
+            return answer_one(worker, problem, spec, grader)
+        finally:
+            free.put(worker)
+
+    with ThreadPoolExecutor(len(answerers)) as pool:
+        for future in as_completed([pool.submit(job, p) for p in problems]):
+            yield future.result()
 
 
 # ----------------------------------------------------------------------------- summary
@@ -301,7 +330,7 @@ def _save_manifest(run_dir: Path, manifest: dict) -> None:
 
 
 def run_suite(
-    answerer: Answerer,
+    answerer: Answerer | list[Answerer],
     problems: list[Problem],
     labels: list[str],
     base: RelaySettings,

@@ -104,6 +104,7 @@ def test_delay_proxy_refuses_bad_arguments() -> None:
 @pytest.mark.skipif(problem() is not None, reason=f"namespaces: {problem()}")
 def test_bench_wan_in_namespaces_on_tiny_models(tiny_pair, tiny_onnx, tmp_path: Path) -> None:
     out = tmp_path / "wan"
+    namespaces_before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
     done = subprocess.run(
         [sys.executable, "-m", "relaycli.main", "bench", "wan", "--profiles", "loopback,wan-80ms",
          "--prompt", "Tom has 3 boxes with 4 apples.", "--prompt", "What is 2+2?", "--max-new-tokens", "12",
@@ -122,4 +123,5 @@ def test_bench_wan_in_namespaces_on_tiny_models(tiny_pair, tiny_onnx, tmp_path: 
     assert max(r["network_ms"] for r in llm_only["loopback"]) < min(r["network_ms"] for r in llm_only["wan-80ms"])
     assert "| wan-80ms | cloud-only |" in (out / "summary.md").read_text()
     assert (out / "wan.png").stat().st_size > 10_000
-    assert "relay-edge" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    assert not {n for n in after - namespaces_before if n.startswith("relay-")}, "namespaces left behind"

@@ -336,6 +336,35 @@ def test_tls(llm_backend, tmp_path: Path) -> None:
             CloudLink(server.address, timeout_s=2).connect("", timeout_s=2)  # plaintext to a TLS port
 
 
+def test_wrong_certificate_the_edge_answers_alone_and_says_why(llm_backend, slm, vocab, tiny_onnx, tmp_path) -> None:
+    import subprocess
+
+    from cloud.config import TlsConfig
+    from edge.app import _connect
+    from edge.config import EdgeConfig
+
+    for name in ("server", "other"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(tmp_path / f"{name}.key"),
+             "-out", str(tmp_path / f"{name}.pem")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    tls = TlsConfig(cert_file=tmp_path / "server.pem", key_file=tmp_path / "server.key")
+    with ServerThread(llm_backend, config(tls=tls)) as server:
+        edge = EdgeConfig.model_validate(
+            {"cloud": {"address": server.address, "tls_ca_file": str(tmp_path / "other.pem"), "connect_timeout_s": 2}}
+        )
+        link, note = _connect(edge, server.address, None, tiny_onnx, vocab.eos_ids)
+        assert link is not None and not link.checked
+        assert "CERTIFICATE_VERIFY_FAILED" in note, note  # the reason, not just "unreachable"
+        engine = RelayEngine(slm, vocab, link, cloud_state="reconnecting")
+        stream, _ = run(engine, RelaySettings(policy="cloud-only", max_new_tokens=4))
+        assert stream.record.llm_tokens == 0 and stream.record.slm_tokens == 4
+        assert stream.record.fallbacks and engine.cloud_state == "reconnecting"
+        link.close()
+
+
 def test_cancel_mid_relay_stops_and_the_next_answer_works(llm_backend, slm, vocab, tiny_onnx) -> None:
     from edge.events import AnswerFinished
 

@@ -8,6 +8,7 @@ import io
 import json
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -244,6 +245,40 @@ def test_resume_skips_finished_rows(tmp_path: Path) -> None:
     third = ScriptedAnswerer()
     run_policy(third, _problems(2), PolicySpec("never", RelaySettings(policy="never", max_new_tokens=9)), rows_path)
     assert len(third.calls) == 2
+
+
+class SlowAnswerer(ScriptedAnswerer):
+    """A ScriptedAnswerer that takes its time and notes how many answers overlap."""
+
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def answer(self, messages: list[dict], settings: RelaySettings) -> tuple[str, CostRecord]:
+        with SlowAnswerer.lock:
+            SlowAnswerer.active += 1
+            SlowAnswerer.peak = max(SlowAnswerer.peak, SlowAnswerer.active)
+        try:
+            time.sleep(0.05)
+            return super().answer(messages, settings)
+        finally:
+            with SlowAnswerer.lock:
+                SlowAnswerer.active -= 1
+
+
+def test_workers_answer_at_once_and_write_the_same_rows(tmp_path: Path) -> None:
+    one = run_policy(ScriptedAnswerer(slm_right={"1", "4"}), _problems(9), _never(), tmp_path / "a.jsonl")
+    workers = [SlowAnswerer(slm_right={"1", "4"}, fail_ids={"7"}) for _ in range(3)]
+    many = run_policy(workers, _problems(9), _never(), tmp_path / "b.jsonl", progress=False)
+    assert SlowAnswerer.peak == 3 and all(w.calls for w in workers)
+    assert sorted(pid for w in workers for _, pid in w.calls) == [str(i) for i in range(9)]  # each once
+    assert [r["id"] for r in many] == [str(i) for i in range(9)]  # problem order, whatever finished first
+    same = ("correct", "pred", "text")
+    assert [{k: r[k] for k in same} for i, r in enumerate(many) if i != 7] == [
+        {k: r[k] for k in same} for i, r in enumerate(one) if i != 7
+    ]
+    assert "cloud went away" in many[7]["error"]
+    assert len(read_rows(tmp_path / "b.jsonl")) == 9  # one writer: every row whole
 
 
 def test_answerer_failing_mid_run_is_recorded_and_the_run_continues(tmp_path: Path) -> None:
