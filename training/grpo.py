@@ -164,6 +164,20 @@ def teacher_filter(questions: list[Question], engine: RelayEngine, config: Train
 # ----------------------------------------------------------------------------- training
 
 
+def rollout_log(out: Path) -> Callable[[list[dict]], None]:
+    """Append every graded rollout to `out/rollouts.jsonl` (one JSON line per answer, with the
+    number of the reward batch), to read what GRPO saw."""
+    path = out / "rollouts.jsonl"
+    batches = [len({row["batch"] for row in read_jsonl(path)})] if path.is_file() else [0]
+
+    def write(rows: list[dict]) -> None:
+        batches[0] += 1
+        for row in rows:
+            append_jsonl(path, {"batch": batches[0], **row})
+
+    return write
+
+
 def warmup_solved(questions: list[Question], progress: Path) -> list[Question]:
     """The questions whose warm-up answer was right: by the SLM alone or after the LLM's splice."""
     if not progress.is_file():
@@ -220,7 +234,7 @@ def run_grpo(
 
     g = config.grpo
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("teacher_filter.jsonl", "metrics.jsonl"):
+    for name in ("teacher_filter.jsonl", "metrics.jsonl", "rollouts.jsonl"):
         repair_jsonl(out / name)
     check_no_eval_leak([q.question for q in questions], guard or EvalGuard.from_benchmarks(config.models.cache_dir))
     slm_dir = ensure_model(config.models.slm, cache_dir=config.models.cache_dir)
@@ -268,7 +282,7 @@ def run_grpo(
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[make_trl_reward(g.reward, grader) if grader else make_trl_reward(g.reward)],
+        reward_funcs=[make_trl_reward(g.reward, grader or math_verify_grader, sink=rollout_log(out))],
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,

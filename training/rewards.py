@@ -98,9 +98,11 @@ def math_verify_grader(text: str, gold: str) -> bool:
         return False
 
 
-def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_grader):
+def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_grader, sink=None):
     """A TRL reward function over the per-completion fields the relay rollout returns; `grader`
-    decides correctness (math-verify on the boxed answer, as evaluation does)."""
+    decides correctness (math-verify on the boxed answer, as evaluation does). `sink(rows)`, if
+    given, receives one dict per answer (id, text, gold, correct, tokens, relays, reward, scenario)
+    so a run keeps what its policy actually wrote."""
 
     def relay_reward(
         completions,
@@ -118,6 +120,12 @@ def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_gr
             for text, gold, lt, at, r in zip(answer_text, answer, llm_tokens, answer_tokens, relays, strict=True)
         ]
         rewards, scenarios = group_rewards(list(id), outcomes, kind)
+        if sink is not None:
+            sink([
+                {"id": qid, "gold": gold, "correct": o.correct, "llm_tokens": o.llm_tokens,
+                 "answer_tokens": o.answer_tokens, "relays": o.relays, "reward": r, "scenario": sc, "text": text}
+                for qid, gold, o, r, sc, text in zip(id, answer, outcomes, rewards, scenarios, answer_text, strict=True)
+            ])  # fmt: skip
         if log_metric is not None:
             _log_batch(log_metric, outcomes, rewards, scenarios)
         return rewards

@@ -85,7 +85,8 @@ def test_groups_are_per_question_not_per_batch() -> None:
 
 def test_trl_adapter_grades_and_logs() -> None:
     logged: dict[str, float] = {}
-    reward = make_trl_reward("difficulty", grader=lambda text, gold: text.strip() == gold)
+    kept: list[dict] = []
+    reward = make_trl_reward("difficulty", grader=lambda text, gold: text.strip() == gold, sink=kept.extend)
     rewards = reward(
         completions=["x"] * 3,
         id=["q", "q", "q"],
@@ -100,3 +101,7 @@ def test_trl_adapter_grades_and_logs() -> None:
     assert logged["relay/accuracy"] == pytest.approx(2 / 3)
     assert logged["relay/llm_share"] == pytest.approx(5 / 30)
     assert logged["relay/reward_student_solvable"] == pytest.approx(2 / 3)
+    assert [(r["text"], r["correct"], r["reward"], r["relays"]) for r in kept] == [
+        ("7", True, 1.5, 0), ("8", False, 0.0, 0), ("7", True, 0.5, 1)
+    ]  # fmt: skip
+    assert {r["scenario"] for r in kept} == {"student_solvable"}
