@@ -56,10 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     wan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="edge config override")
     wan.add_argument("--out", type=Path, default=Path("runs/bench-wan"))
     wan.add_argument("--startup-timeout", type=float, default=900.0)
+    wan.add_argument("--report", action="store_true", help="only rewrite summary.md and wan.png from --out's rows")
     wan.set_defaults(func=run_wan)
 
 
 def run_wan(args: argparse.Namespace) -> int:
+    if args.report:
+        return report(args)
     if reason := problem():
         raise UserError(f"relay bench wan cannot run here: {reason}")
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -78,7 +81,15 @@ def run_wan(args: argparse.Namespace) -> int:
             for row in run_profile(link, name, PROFILES[name], prompts_file, env, args):
                 with rows_file.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    return report(args)
+
+
+def report(args: argparse.Namespace) -> int:
+    rows_file = args.out / "rows.jsonl"
+    if not rows_file.is_file():
+        raise UserError(f"no rows at {rows_file} (run `relay bench wan --out {args.out}` first)")
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    profiles = [p for p in PROFILES if any(r["profile"] == p for r in rows)]
     table = summary_table(rows, profiles, args)
     (args.out / "summary.md").write_text(table)
     plot(rows, profiles, args.out / "wan.png")
@@ -194,30 +205,41 @@ def summary_table(rows: list[dict], profiles: list[str], args: argparse.Namespac
 
 
 def plot(rows: list[dict], profiles: list[str], path: Path) -> None:
+    """Left: where an answer's time goes (stacked medians). Right: the network part alone, in ms,
+    which the compute of a CPU cloud dwarfs on the left."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     policies = sorted({r["policy"] for r in rows}, key=lambda p: p == "cloud-only")
-    fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(policies), 1)
     colors = {"network_ms": "#d62728", "edge_ms": "#1f77b4", "cloud_ms": "#ff7f0e"}
+
+    def median(profile: str, policy: str, part: str) -> float:
+        chosen = [r[part] for r in rows if r["profile"] == profile and r["policy"] == policy]
+        return statistics.median(chosen) if chosen else 0.0
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     for i, policy in enumerate(policies):
+        xs = [k + i * width for k in range(len(profiles))]
         bottom = [0.0] * len(profiles)
         for part, color in colors.items():
-            heights = []
-            for profile in profiles:
-                chosen = [r[part] / 1e3 for r in rows if r["profile"] == profile and r["policy"] == policy]
-                heights.append(statistics.median(chosen) if chosen else 0.0)
-            xs = [k + i * width for k in range(len(profiles))]
+            heights = [median(p, policy, part) / 1e3 for p in profiles]
             label = f"{part.removesuffix('_ms')} ({policy})"
-            ax.bar(xs, heights, width, bottom=bottom, color=color, alpha=1.0 - 0.45 * i, label=label)
+            left.bar(xs, heights, width, bottom=bottom, color=color, alpha=1.0 - 0.45 * i, label=label)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    ax.set_xticks([k + width * (len(policies) - 1) / 2 for k in range(len(profiles))], profiles)
-    ax.set_ylabel("seconds per answer (median)")
-    ax.set_title("Where an answer's time goes: relay vs LLM-only over the same link")
-    ax.legend(fontsize=7, ncol=2)
+        right.bar(xs, [median(p, policy, "network_ms") for p in profiles], width, color=colors["network_ms"],
+                  alpha=1.0 - 0.45 * i, label=policy)  # fmt: skip
+    for ax in (left, right):
+        ax.set_xticks([k + width * (len(policies) - 1) / 2 for k in range(len(profiles))], profiles, fontsize=8)
+    left.set_ylabel("seconds per answer (median)")
+    left.set_title("Where an answer's time goes", fontsize=10)
+    left.legend(fontsize=7, ncol=2)
+    right.set_ylabel("network ms per answer (median)")
+    right.set_title("Network time alone (relay round trips − cloud compute)", fontsize=10)
+    right.legend(fontsize=7)
+    fig.suptitle("Relay vs LLM-only over the same link", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{benchmark}-{args.slice}"
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
-    if args.workers > 1 and config.cloud.address in ("embedded", "off"):
+    if args.workers > 1 and config.cloud.address == "embedded":  # N engines would start N embedded clouds
         raise UserError(
             "--workers > 1 needs one shared cloud: start `relay cloud serve` and pass --set cloud.address=HOST:PORT"
         )

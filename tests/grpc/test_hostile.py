@@ -3,7 +3,11 @@ requests — ids out of range, huge or zero N, contexts past the limit, wrong or
 unknown and closed sessions, out-of-step deltas, NaN and infinite sampling values, cancelled
 streams. Each gets the status an oracle expects (never INTERNAL or UNKNOWN), nothing crashes, and
 afterwards health is SERVING, a normal relay works and the session and KV caps held.
-Then 32 concurrent sessions relay for a bounded time with no errors."""
+Then 32 concurrent sessions relay for a bounded time with no errors.
+
+On the real LLM instead of the tiny one (a documented command, not CI: every generated token costs
+a 1.5B step on the CPU):
+    HOSTILE_LLM=qwen2.5-coder-1.5b-instruct HOSTILE_EXAMPLES=300 pytest tests/grpc/test_hostile.py"""
 
 from __future__ import annotations
 
@@ -28,11 +32,23 @@ OK_AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 @pytest.fixture(scope="module")
-def hostile_server(llm_backend):  # type: ignore[no-untyped-def]
+def backend(request):  # type: ignore[no-untyped-def]
+    """The tiny LLM, or the model named by HOSTILE_LLM (registry name, hub id or directory)."""
+    name = os.environ.get("HOSTILE_LLM")
+    if not name:
+        return request.getfixturevalue("llm_backend")
+    from cloud.backend import TransformersBackend
+    from cloud.cli import resolve_llm_dir
+
+    return TransformersBackend.load(resolve_llm_dir(name, None), device="cpu", dtype="auto")
+
+
+@pytest.fixture(scope="module")
+def hostile_server(backend):  # type: ignore[no-untyped-def]
     cfg = config(
         auth_token=SecretStr(TOKEN), max_new_tokens_cap=CAP, max_context=MAX_CONTEXT, max_sessions=MAX_SESSIONS
     )
-    with ServerThread(llm_backend, cfg) as server:
+    with ServerThread(backend, cfg) as server:
         yield server
 
 
@@ -195,10 +211,10 @@ def test_ten_thousand_hostile_requests(hostile_server, channel) -> None:  # type
 
 
 @pytest.fixture(scope="module")
-def load_server(llm_backend):  # type: ignore[no-untyped-def]
-    per_token = llm_backend.kv_bytes_per_token()
+def load_server(backend):  # type: ignore[no-untyped-def]
+    per_token = backend.kv_bytes_per_token()
     cfg = config(max_new_tokens_cap=CAP, max_context=MAX_CONTEXT, max_sessions=64, max_kv_bytes=per_token * 20 * 512)
-    with ServerThread(llm_backend, cfg) as server:
+    with ServerThread(backend, cfg) as server:
         yield server
 
 
