@@ -165,6 +165,11 @@ def problem_seed(base_seed: int, problem: Problem) -> int:
 
 def answer_one(answerer: Answerer, problem: Problem, spec: PolicySpec, grader: Grader) -> dict:
     """Answer and grade one problem; every failure becomes an error row with its reason."""
+    return grade_row(answer_row(answerer, problem, spec), grader)
+
+
+def answer_row(answerer: Answerer, problem: Problem, spec: PolicySpec) -> dict:
+    """The ungraded row of one answer (an error row if the engine or the cloud failed)."""
     row: dict = {"benchmark": problem.benchmark, "id": problem.id, "policy": spec.label, "key": spec.key}
     row |= {"gold": problem.answer, "correct": None, "error": "", "pred": "", "text": "", "cost": None}
     if problem.error:
@@ -175,9 +180,14 @@ def answer_one(answerer: Answerer, problem: Problem, spec: PolicySpec, grader: G
         text, record = answerer.answer(messages_for(problem.question), settings)
     except Exception as exc:  # the engine or the cloud failed: record it, go on with the next row
         return row | {"error": f"answer: {type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}
-    row |= {"text": text, "cost": record.to_dict(), "seconds": time.perf_counter() - start}
+    return row | {"text": text, "cost": record.to_dict(), "seconds": time.perf_counter() - start}
+
+
+def grade_row(row: dict, grader: Grader) -> dict:
+    if row["error"]:
+        return row
     try:
-        result = grader(text, problem.answer)
+        result = grader(row["text"], row["gold"])
     except Exception as exc:
         return row | {"error": f"grade: {type(exc).__name__}: {exc}"}
     return row | {"correct": bool(result.correct), "pred": result.pred}
@@ -239,13 +249,13 @@ def answer_all(
     def job(problem: Problem) -> dict:
         worker = free.get()
         try:
-            return answer_one(worker, problem, spec, grader)
+            return answer_row(worker, problem, spec)
         finally:
             free.put(worker)
 
     with ThreadPoolExecutor(len(answerers)) as pool:
         for future in as_completed([pool.submit(job, p) for p in problems]):
-            yield future.result()
+            yield grade_row(future.result(), grader)  # here: math-verify's timeouts need the main thread
 
 
 # ----------------------------------------------------------------------------- summary
