@@ -86,6 +86,11 @@ class Engine(ABC):
         Closing the iterator early (cancel, deadline) stops the generation; `state` may then be
         stale and the servicer drops the session."""
 
+    def dead(self) -> str | None:
+        """Why this engine can never generate again (its workers died), or None while it can.
+        The server then reports NOT_SERVING and exits, so a supervisor restarts it."""
+        return None
+
     async def start(self) -> None:  # noqa: B027  (optional hook: most engines need nothing)
         """Called once on the server's event loop before serving."""
 

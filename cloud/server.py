@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +32,17 @@ class RunningServer:
     health: health.aio.HealthServicer
     port: int
     sweeper: asyncio.Task
+    engine_dead: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the engine died: health is NOT_SERVING and `serve` exits non-zero."""
+    why_dead: str = ""
+
+    def mark_engine_dead(self, why: str) -> None:
+        if self.engine_dead.is_set():
+            return
+        self.why_dead = why
+        self.engine_dead.set()
+        for name in ("", SERVICE_NAME):
+            asyncio.ensure_future(self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -91,7 +102,9 @@ async def start_server(
 
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     sweeper = asyncio.create_task(_sweep(servicer, max(1.0, config.idle_ttl_s / 4)))
-    return RunningServer(server, servicer, health_servicer, port, sweeper)
+    running = RunningServer(server, servicer, health_servicer, port, sweeper)
+    servicer.on_engine_dead = running.mark_engine_dead
+    return running
 
 
 async def serve(engine: Engine | LlmBackend, config: CloudConfig) -> None:
@@ -103,8 +116,13 @@ async def serve(engine: Engine | LlmBackend, config: CloudConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await running.stop(config.grace_s)
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(running.engine_dead.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    await running.stop(0 if running.engine_dead.is_set() else config.grace_s)
+    if running.engine_dead.is_set():  # exit non-zero so compose/systemd/k8s restart the service
+        raise UserError(f"stopping: {running.why_dead}")
 
 
 class BackgroundServer:

@@ -13,7 +13,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -42,6 +42,8 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             idle_ttl_s=config.idle_ttl_s,
         )
         self._token = config.auth_token.get_secret_value() if config.auth_token else None
+        self.on_engine_dead: Callable[[str], None] = lambda why: None
+        """Set by the server: turn health NOT_SERVING and stop (the engine cannot recover)."""
 
     # -- RPCs -------------------------------------------------------------------------------
 
@@ -114,6 +116,11 @@ class RelayServicer(pb_grpc.RelayServiceServicer):
             code = status.name if isinstance(status, grpc.StatusCode) else "ABORTED"
             raise
         except Exception as exc:  # a model failure must not take the server down
+            if why := self.engine.dead():  # ... unless the model can never run again
+                code = "UNAVAILABLE"
+                log.error("LLM engine dead: %s", why)
+                self.on_engine_dead(why)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"LLM engine dead: {why}; the service is restarting")
             code = "INTERNAL"
             log.exception("relay failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"LLM step failed: {type(exc).__name__}")

@@ -35,6 +35,10 @@ class VllmEngine(Engine):
         self.llm = llm
         self.info = info
 
+    def dead(self) -> str | None:
+        # AsyncLLM.errored: its engine core process died (crash, OOM kill, a worker that timed out).
+        return "the vLLM engine core died (see the log above)" if getattr(self.llm, "errored", False) else None
+
     @classmethod
     def load(cls, model_dir: Path, settings: VllmSection, *, max_context: int | None = None) -> VllmEngine:
         """Start vLLM's engine on `model_dir`; a one-line UserError when it cannot (no package, no

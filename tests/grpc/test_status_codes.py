@@ -172,3 +172,50 @@ def _metrics_text(server) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(server.running.servicer.metrics.registry).decode()
+
+
+def dying_engine(backend):  # type: ignore[no-untyped-def]
+    """A real step engine whose workers 'die' at the first relay, as vLLM's engine core can."""
+    from cloud.engine import StepEngine
+
+    class DyingEngine(StepEngine):
+        died = False
+
+        def dead(self) -> str | None:
+            return "engine core died (test)" if self.died else None
+
+        async def generate(self, state, context, params):  # type: ignore[no-untyped-def]
+            self.died = True
+            raise RuntimeError("EngineDeadError")
+            yield  # an async generator, like every engine's
+
+    return DyingEngine(backend)
+
+
+async def test_a_dead_engine_turns_health_not_serving_and_stops_the_service(llm_backend) -> None:
+    import asyncio
+    import socket
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from cloud.server import serve
+    from common.errors import UserError
+    from tests.grpc.server_thread import config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = config().model_copy(update={"port": port})
+    service = asyncio.create_task(serve(dying_engine(llm_backend), settings))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=30)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        call = pb_grpc.RelayServiceStub(channel).Relay(pb.RelayRequest(delta_ids=[5, 6], max_new_tokens=2))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the edge retries elsewhere / later
+        assert "engine core died" in info.value.details()
+    with pytest.raises(UserError, match="stopping: engine core died"):  # `relay cloud serve` exits 1
+        await asyncio.wait_for(service, timeout=30)

@@ -482,3 +482,36 @@ def test_cli_run_end_to_end_with_a_fake_engine(
     assert "random-query (computed)" in capsys.readouterr().out
     assert (out / "pareto.png").is_file() and len(read_rows(out / ROWS_FILE)) == 3 * 6
     assert main(["eval", "report", str(out)]) == 0
+
+
+class OutageAnswerer(ScriptedAnswerer):
+    """Answers like ScriptedAnswerer, but the cloud is down: every relaying answer has a fallback."""
+
+    def answer(self, messages: list[dict], settings: RelaySettings) -> tuple[str, CostRecord]:
+        text, record = super().answer(messages, settings)
+        if settings.policy != "never":
+            record.fallbacks.append("cloud error INTERNAL: LLM step failed: EngineDeadError")
+        return text, record
+
+
+def test_an_answer_the_cloud_failed_is_an_error_retried_on_resume(tmp_path: Path) -> None:
+    rows_path = tmp_path / ROWS_FILE
+    cloud_only = PolicySpec("cloud-only", RelaySettings(policy="cloud-only"))
+    rows = run_policy(OutageAnswerer(), _problems(3), cloud_only, rows_path, progress=False)
+    assert all(r["error"].startswith("answer: cloud failed: cloud error INTERNAL") for r in rows)
+    assert all(r["correct"] is None and r["text"] for r in rows)  # kept for reading, not graded
+    assert run_policy(OutageAnswerer(), _problems(3), _never(), rows_path, progress=False)[0]["error"] == ""
+    healthy = ScriptedAnswerer()
+    again = run_policy(healthy, _problems(3), cloud_only, rows_path, progress=False)
+    assert len(healthy.calls) == 3 and all(r["correct"] for r in again)
+    budget = ScriptedAnswerer()
+    original = budget.answer
+
+    def over_budget(messages, settings):  # type: ignore[no-untyped-def]
+        text, record = original(messages, settings)
+        record.fallbacks.append("budget reached")  # the policy's own limit, not an outage
+        return text, record
+
+    budget.answer = over_budget  # type: ignore[method-assign]
+    spec = PolicySpec("learned", RelaySettings(policy="learned"))
+    assert all(r["error"] == "" for r in run_policy(budget, _problems(2), spec, rows_path, progress=False))
