@@ -56,6 +56,10 @@ def serve(engine: str, model_dir: Path, block_size: int) -> Iterator[str]:
         backend = TransformersBackend.load(model_dir, device="auto")
         with BackgroundServer(backend, CloudConfig(host="127.0.0.1", port=0, max_sessions=64)) as server:
             yield server.address
+        del backend, server
+        import gc
+
+        gc.collect()  # give the weights back before vLLM checks for free memory
         return
     python = ROOT / ".venv-vllm" / "bin" / "python"
     if not python.is_file():
