@@ -37,18 +37,26 @@ build() {
   podman image exists "$BASE_TAG" || base
   # The host's pip settings reach the build as mounts: its CA bundle (registries are reached through
   # an interception proxy here), the local CPU torch wheel and PyPI mirrors on disk.
-  local cert find_links mounts=() args=()
-  cert="$(pip config get global.cert 2>/dev/null || echo "${PIP_CERT:-}")"
+  local cert find_links pip mounts=() args=()
+  pip="$(command -v pip || echo "$ROOT/.venv/bin/pip")"
+  cert="${PIP_CERT:-$("$pip" config list 2>/dev/null | sed -n "s/^[a-z:]*\.cert='\(.*\)'$/\1/p" | head -1)}"
+  # The host's trust store holds the CA that registries are reached through here; the image's
+  # pip (certifi) does not.
+  [ -z "$cert" ] && [ -f /etc/ssl/certs/ca-certificates.crt ] && cert=/etc/ssl/certs/ca-certificates.crt
   [ -n "$cert" ] && mounts+=(-v "$cert:/host-ca.crt:ro") && args+=(--build-arg PIP_CERT=/host-ca.crt)
-  find_links="${PIP_FIND_LINKS:-}"
+  find_links="${PIP_FIND_LINKS:-$("$pip" config list 2>/dev/null | sed -n "s/^[a-z:]*\.find-links='\(.*\)'$/\1/p" | head -1)}"
   [ -n "$find_links" ] && mounts+=(-v "$find_links:$find_links:ro") && args+=(--build-arg "PIP_FIND_LINKS=$find_links")
+  # A local CPU torch wheel (as on this project's machines) beats the public CPU index; without
+  # one the Dockerfile's default (download.pytorch.org/whl/cpu) stays.
+  if [ -n "$find_links" ] && compgen -G "$find_links/torch-*+cpu-*.whl" >/dev/null; then
+    args+=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
+  fi
   local extra=()
   for dir in /opt/pypi /opt/pypi-more; do
     [ -d "$dir/simple" ] && mounts+=(-v "$dir:$dir:ro") && extra+=("file://$dir/simple")
   done
   [ ${#extra[@]} -gt 0 ] && args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra[*]}")
-  podman build --network host "${mounts[@]}" "${args[@]}" \
-    --build-arg "BASE_IMAGE=$BASE_TAG" --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
+  podman build --network host "${mounts[@]}" "${args[@]}" --build-arg "BASE_IMAGE=$BASE_TAG" \
     -t "$IMAGE" "$ROOT" "$@"
 }
 

@@ -190,3 +190,28 @@ def test_cloud_killed_mid_answer_then_restarted(stack: Stack, client) -> None:
     time.sleep(2)  # past the edge's first backoff
     again = ask(client, max_tokens=8)["usage"]["relay"]
     assert again["llm_tokens"] == 8 and not again["fallbacks"], again
+
+
+def test_compose_run_opens_the_chat_app_against_the_cloud_container(stack: Stack) -> None:
+    """`docker compose run --rm edge relay chat`, in a real terminal (tmux)."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    session = f"{stack.project}-chat"
+    command = f"{PODMAN_SH} compose -p {stack.project} run --rm --no-deps edge relay chat --policy cloud-only"
+    env_args = [arg for key in ("CONTAINERS_CONF", "RELAY_MODELS", "RELAY_CERTS", "RELAY_TOKEN_FILE",
+                                "RELAY_EDGE_API_KEY_PATH", "RELAY_CLOUD_PORT", "RELAY_EDGE_PORT")
+                for arg in ("-e", f"{key}={stack.env[key]}")]  # fmt: skip
+    stack.run("tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", *env_args, command, timeout=30)
+
+    def screen() -> str:
+        return stack.run("tmux", "capture-pane", "-t", session, "-p", timeout=30, check=False).stdout
+
+    try:
+        wait_for("the chat connected to the cloud", lambda: "cloud: connected · cloud:50051" in screen(), stack, 300)
+        stack.run("tmux", "send-keys", "-t", session, "What is 17 times 23?", "Enter", timeout=30)
+        wait_for("an answer written by the cloud", lambda: "LLM 100.0%" in screen(), stack, 600)
+        assert "1 relay" in screen()
+    finally:
+        stack.run("tmux", "send-keys", "-t", session, "C-q", timeout=30, check=False)
+        time.sleep(3)
+        stack.run("tmux", "kill-session", "-t", session, timeout=30, check=False)
