@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="edge config override")
     args = parser.parse_args(argv)
     config = load_edge_config(None, [f"cloud.address={args.cloud}", *args.set])
-    from edge.relay.settings import RelaySettings
-
-    fields = {k: v for k, v in config.relay.model_dump().items() if k in RelaySettings.model_fields}
-    base = RelaySettings(**fields | {"max_new_tokens": args.max_new_tokens, "temperature": 0.0})
+    base = config.relay.model_copy(update={"max_new_tokens": args.max_new_tokens, "temperature": 0.0})
     prompts = json.loads(args.prompts.read_text())
     with open_engine(config) as engine:
         if engine.link is None:

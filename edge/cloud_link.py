@@ -93,9 +93,10 @@ class CloudLink:
                 self._root_certificates = fh.read()
         self._open_channel()
         self.info: object | None = None
-        self._check_args: tuple[str, float, tuple[int, ...]] = ("", 10.0, ())
         self.last = RelayOutcome()
         self._tokenizer_sha256 = ""
+        self._connect_timeout_s = 10.0
+        self._eos_ids: tuple[int, ...] = ()
         self._consumer_s = 0.0
         self._session_id = ""
         self._session_ids: list[int] = []
@@ -109,7 +110,8 @@ class CloudLink:
         """Fetch model info and check the tokenizer (and, given the edge's `eos_ids`, that every
         token the cloud stops on is one the edge knows as an end); CloudError on a mismatch.
         `wait`: wait up to `timeout_s` for an unreachable server; off, fail at once (a retry)."""
-        self._check_args = (tokenizer_sha256, timeout_s, tuple(eos_ids))
+        # Kept for `reconnect`, which repeats these checks.
+        self._tokenizer_sha256, self._connect_timeout_s, self._eos_ids = tokenizer_sha256, timeout_s, tuple(eos_ids)
         try:
             info = self._stub.GetModelInfo(
                 pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self._metadata, wait_for_ready=wait
@@ -123,14 +125,13 @@ class CloudLink:
                 f"cloud model {info.model_id} uses a different tokenizer "
                 f"({info.tokenizer_sha256[:12]} vs local {tokenizer_sha256[:12]}): refusing to relay"
             )
-        edge_eos = set(self._check_args[2])
+        edge_eos = set(self._eos_ids)
         if edge_eos and not set(info.eos_token_ids) <= edge_eos:
             raise CloudError(
                 f"cloud model {info.model_id} ends answers on ids {sorted(info.eos_token_ids)}, the edge on "
                 f"{sorted(edge_eos)}: refusing to relay"
             )
         self.info = info
-        self._tokenizer_sha256 = tokenizer_sha256
         return info
 
     def _why_unreachable(self, waited_s: float) -> CloudError:
@@ -153,8 +154,7 @@ class CloudLink:
         unreachable server (the old channel may sit in gRPC's own reconnect backoff)."""
         self._channel.close()
         self._open_channel()
-        sha, timeout_s, eos_ids = self._check_args
-        return self.connect(sha, timeout_s, eos_ids, wait=False)
+        return self.connect(self._tokenizer_sha256, self._connect_timeout_s, self._eos_ids, wait=False)
 
     def _open_channel(self) -> None:
         if self._root_certificates is not None:

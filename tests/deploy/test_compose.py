@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import grpc
 import pytest
 
 from models.supply import cache_root
+from tests.grpc.server_thread import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PODMAN_SH = ROOT / "deploy" / "podman.sh"
@@ -36,12 +36,6 @@ def podman_problem() -> str | None:
     if probe.returncode != 0:
         return f"podman cannot run here: {probe.stderr.strip().splitlines()[-1:]}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:

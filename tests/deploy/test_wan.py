@@ -101,7 +101,10 @@ def test_delay_proxy_refuses_bad_arguments() -> None:
     assert done.returncode == 2 and "--loss must be in [0, 1)" in done.stderr
 
 
-@pytest.mark.skipif(problem() is not None, reason=f"namespaces: {problem()}")
+NAMESPACES_PROBLEM = problem()
+
+
+@pytest.mark.skipif(NAMESPACES_PROBLEM is not None, reason=f"namespaces: {NAMESPACES_PROBLEM}")
 def test_bench_wan_in_namespaces_on_tiny_models(tiny_pair, tiny_onnx, tmp_path: Path) -> None:
     out = tmp_path / "wan"
     namespaces_before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())

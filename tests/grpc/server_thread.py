@@ -9,7 +9,7 @@ from cloud.backend import TransformersBackend
 from cloud.config import CloudConfig
 from cloud.server import BackgroundServer as ServerThread
 
-__all__ = ["ServerThread", "SlowBackend", "config", "tiny_backend"]
+__all__ = ["ServerThread", "SlowBackend", "config", "free_port", "tiny_backend"]
 
 
 def tiny_backend(llm_dir: Path) -> TransformersBackend:
@@ -17,7 +17,17 @@ def tiny_backend(llm_dir: Path) -> TransformersBackend:
 
 
 def config(**overrides) -> CloudConfig:
-    return CloudConfig(host="127.0.0.1", port=0, **overrides)
+    """A loopback server config: a free port (0) unless `port=` says which."""
+    return CloudConfig(**{"host": "127.0.0.1", "port": 0, **overrides})
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class SlowBackend:

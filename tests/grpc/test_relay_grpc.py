@@ -20,7 +20,7 @@ from edge.relay.settings import RelaySettings
 from edge.runtime import OnnxSlm
 from edge.vocab import Vocab
 from models.identity import tokenizer_sha256
-from tests.grpc.server_thread import ServerThread, SlowBackend, config
+from tests.grpc.server_thread import ServerThread, SlowBackend, config, free_port
 
 MESSAGES = [{"role": "user", "content": "Tom has 3 boxes with 4 apples in each box."}]
 
@@ -187,18 +187,14 @@ def test_unreachable_cloud_is_a_clear_error() -> None:
 
 
 def test_an_edge_started_before_its_cloud_answers_alone_then_connects(llm_backend, slm, vocab, tiny_onnx) -> None:
-    import socket
-
     from edge.app import _connect
     from edge.config import EdgeConfig
     from edge.relay.driver import Backoff
 
-    with socket.socket() as probe:  # a port nobody listens on yet
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens there yet
     address = f"127.0.0.1:{port}"
-    config = EdgeConfig.model_validate({"cloud": {"address": address, "connect_timeout_s": 1}})
-    link, note = _connect(config, address, None, tiny_onnx, vocab.eos_ids)
+    edge_config = EdgeConfig.model_validate({"cloud": {"address": address, "connect_timeout_s": 1}})
+    link, note = _connect(edge_config, address, None, tiny_onnx, vocab.eos_ids)
     assert link is not None and not link.checked and "unreachable" in note
     now = [0.0]
     engine = RelayEngine(slm, vocab, link, cloud_state="reconnecting")
@@ -207,16 +203,12 @@ def test_an_edge_started_before_its_cloud_answers_alone_then_connects(llm_backen
     alone, _ = run(engine, settings)
     assert not alone.record.relays and "unreachable" in alone.record.fallbacks[0]
     assert engine.cloud_state == "reconnecting"
-    with ServerThread(llm_backend, config_for_port(port)):
+    with ServerThread(llm_backend, config(port=port)):
         now[0] += 6
         relayed, _ = run(engine, settings)
     assert len(relayed.record.relays) == 2 and relayed.record.llm_tokens > 0 and not relayed.record.fallbacks
     assert engine.cloud_state == "connected" and link.checked
     link.close()
-
-
-def config_for_port(port: int):
-    return config().model_copy(update={"port": port})
 
 
 def test_auth_is_required(llm_backend, slm, vocab, tiny_onnx) -> None:

@@ -194,19 +194,15 @@ def dying_engine(backend):  # type: ignore[no-untyped-def]
 
 async def test_a_dead_engine_turns_health_not_serving_and_stops_the_service(llm_backend) -> None:
     import asyncio
-    import socket
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from cloud.server import serve
     from common.errors import UserError
-    from tests.grpc.server_thread import config
+    from tests.grpc.server_thread import config, free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = config().model_copy(update={"port": port})
-    service = asyncio.create_task(serve(dying_engine(llm_backend), settings))
+    port = free_port()
+    service = asyncio.create_task(serve(dying_engine(llm_backend), config(port=port)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=30)
