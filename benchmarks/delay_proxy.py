@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -97,14 +98,17 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], profile: LinkP
 
 
 def split_address(text: str) -> tuple[str, int]:
+    """`host:port` for argparse (a bad one is a one-line usage error)."""
     host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
     return host, int(port)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:0")
-    parser.add_argument("--to", required=True, help="host:port to relay to")
+    parser.add_argument("--listen", type=split_address, default="127.0.0.1:0")
+    parser.add_argument("--to", type=split_address, required=True, help="host:port to relay to")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay")
     parser.add_argument("--loss", type=float, default=0.0, help="share of chunks delayed by one RTO")
     parser.add_argument("--seed", type=int, default=0)
@@ -113,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--loss must be in [0, 1) and --delay-ms >= 0")
     profile = LinkProfile("cli", args.delay_ms, args.loss)
     try:
-        asyncio.run(serve(split_address(args.listen), split_address(args.to), profile, args.seed))
+        asyncio.run(serve(args.listen, args.to, profile, args.seed))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # the listen address cannot be bound
+        print(f"error: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
