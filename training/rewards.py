@@ -13,6 +13,11 @@ tokens (SLM tokens, commands and LLM tokens together), not the N requested: a ca
   | student_solvable | some answer is correct without calling | 1.5 | 1 − ρ | 0 | 0 |
   | teacher_dependent | correct answers exist, all of them called | – | 1 − ρ | −1 | 0 |
   | teacher_unsolvable | no answer is correct | – | – | 0 | ρ |
+
+Both kinds subtract a format penalty for each command look-alike the answer wrote (`< call>4</call>`,
+`<line>4</line>`): 0.5 each, at most 1. The serving loop ignores them, so they bring no help, but
+they are ordinary tokens and, unpriced, GRPO learns them (the CPU run's KL jumped to 0.22 when the
+policy began writing them after its relays were spent).
 """
 
 from __future__ import annotations
@@ -22,9 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from edge.relay.commands import count_near_misses
+
 Scenario = Literal["student_solvable", "teacher_dependent", "teacher_unsolvable"]
 INDEPENDENCE_BONUS = 1.5
 STUBBORN_PENALTY = -1.0
+NEAR_MISS_PENALTY = 0.5
+MAX_FORMAT_PENALTY = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,8 @@ class AnswerOutcome:
     """LLM tokens received into the answer."""
     answer_tokens: int
     relays: int
+    near_misses: int = 0
+    """Command look-alikes in the answer (`edge.relay.commands.count_near_misses`)."""
 
     @property
     def called(self) -> bool:
@@ -43,6 +54,10 @@ class AnswerOutcome:
     def rho(self) -> float:
         return call_ratio(self.llm_tokens, self.answer_tokens)
 
+    @property
+    def format_penalty(self) -> float:
+        return min(MAX_FORMAT_PENALTY, NEAR_MISS_PENALTY * self.near_misses)
+
 
 def call_ratio(llm_tokens: int, answer_tokens: int) -> float:
     if answer_tokens <= 0:
@@ -51,7 +66,7 @@ def call_ratio(llm_tokens: int, answer_tokens: int) -> float:
 
 
 def simple_reward(outcome: AnswerOutcome) -> float:
-    return float(outcome.correct) - outcome.rho
+    return float(outcome.correct) - outcome.rho - outcome.format_penalty
 
 
 def classify_group(group: Sequence[AnswerOutcome]) -> Scenario:
@@ -63,7 +78,10 @@ def classify_group(group: Sequence[AnswerOutcome]) -> Scenario:
 
 
 def difficulty_reward(outcome: AnswerOutcome, scenario: Scenario) -> float:
-    o = outcome
+    return _difficulty_table(outcome, scenario) - outcome.format_penalty
+
+
+def _difficulty_table(o: AnswerOutcome, scenario: Scenario) -> float:
     if scenario == "student_solvable":
         if o.correct:
             return INDEPENDENCE_BONUS if not o.called else 1.0 - o.rho
@@ -116,14 +134,15 @@ def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_gr
         **_,  # noqa: A002
     ) -> list[float]:
         outcomes = [
-            AnswerOutcome(grader(text, gold), int(lt), int(at), int(r))
+            AnswerOutcome(grader(text, gold), int(lt), int(at), int(r), count_near_misses(text))
             for text, gold, lt, at, r in zip(answer_text, answer, llm_tokens, answer_tokens, relays, strict=True)
         ]
         rewards, scenarios = group_rewards(list(id), outcomes, kind)
         if sink is not None:
             sink([
                 {"id": qid, "gold": gold, "correct": o.correct, "llm_tokens": o.llm_tokens,
-                 "answer_tokens": o.answer_tokens, "relays": o.relays, "reward": r, "scenario": sc, "text": text}
+                 "answer_tokens": o.answer_tokens, "relays": o.relays, "near_misses": o.near_misses,
+                 "reward": r, "scenario": sc, "text": text}
                 for qid, gold, o, r, sc, text in zip(id, answer, outcomes, rewards, scenarios, answer_text, strict=True)
             ])  # fmt: skip
         if log_metric is not None:
@@ -141,6 +160,7 @@ def _log_batch(log_metric, outcomes, rewards, scenarios) -> None:
     log_metric("relay/llm_share", sum(o.llm_tokens for o in outcomes) / total)
     log_metric("relay/relays_per_answer", sum(o.relays for o in outcomes) / n)
     log_metric("relay/called_share", sum(o.called for o in outcomes) / n)
+    log_metric("relay/near_misses_per_answer", sum(o.near_misses for o in outcomes) / n)
     for name in ("student_solvable", "teacher_dependent", "teacher_unsolvable"):
         picked = [r for r, s in zip(rewards, scenarios, strict=True) if s == name]
         log_metric(f"relay/share_{name}", len(picked) / n)

@@ -23,6 +23,11 @@ COMMAND_RE = re.compile(rb"<call>\s*(\d+)\s*</call>")
 OPEN = b"<call>"
 CLOSE = b"</call>"
 _MAX_N_DIGITS = 9  # more digits than this is "huge": clamped, never parsed into a giant int
+# A tag around a number that is not a command: `< call>4</call>`, `<line>4</line>`. A policy that
+# wants to call once its relays are spent (the mask bans `<call>`) writes these; they are plain
+# tokens, so training has to price them or it learns them.
+_NEAR_MISS_RE = re.compile(r"<\s*/?\s*[A-Za-z_]{1,12}\s*>\s*\d+\s*<\s*/\s*[A-Za-z_]{1,12}\s*>")
+_COMMAND_TEXT_RE = re.compile(COMMAND_RE.pattern.decode())
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,11 @@ class CommandScanner:
         digits = match.group(1)
         n = int(digits) if len(digits) <= _MAX_N_DIGITS else 10**_MAX_N_DIGITS
         return Command(opening, end, n)
+
+
+def count_near_misses(text: str) -> int:
+    """How many command look-alikes (not valid `<call>N</call>` commands) the text holds."""
+    return sum(not _COMMAND_TEXT_RE.fullmatch(m.group()) for m in _NEAR_MISS_RE.finditer(text))
 
 
 def cut_commands(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edge.events import AnswerFinished, Notice, RelayFinished, RelayStarted, TokenEvent
+from edge.relay.commands import count_near_misses
 from edge.relay.machine import RelayMachine
 from edge.relay.settings import RelaySettings
 from tests.fakes import EOS, TOKEN_BYTES, ScriptedSlm, encode, ids_of, run_machine, text_of, view
@@ -71,6 +72,20 @@ def test_malformed_commands_do_not_call(text: str, notice: str) -> None:
     assert run.calls == []
     assert [e.kind for e in run.kinds(Notice)] == [notice]
     assert run.answer == f"a{text}b"
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("x = <call>4</call>31 and <call> 12 </call>", 0),
+        ("\\(< call>4</call> 3\\)", 1),
+        ("<line>5</line><line>4</line>", 2),
+        ("<call>4</ call> and <b>7</b>", 2),
+        ("if a < 3 and b > 2 then </b>", 0),
+    ],
+)
+def test_command_look_alikes_are_counted(text: str, count: int) -> None:
+    assert count_near_misses(text) == count
 
 
 def test_unterminated_command_is_plain_text() -> None:

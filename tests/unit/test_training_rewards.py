@@ -105,3 +105,27 @@ def test_trl_adapter_grades_and_logs() -> None:
         ("7", True, 1.5, 0), ("8", False, 0.0, 0), ("7", True, 0.5, 1)
     ]  # fmt: skip
     assert {r["scenario"] for r in kept} == {"student_solvable"}
+
+
+def test_command_look_alikes_cost_a_format_penalty() -> None:
+    # what the CPU run wrote once its relays were spent: plain tokens that bring no help
+    clean = AnswerOutcome(True, 4, 100, 1)
+    one = AnswerOutcome(True, 4, 100, 1, near_misses=1)
+    many = AnswerOutcome(True, 4, 100, 1, near_misses=5)
+    assert simple_reward(one) == pytest.approx(simple_reward(clean) - 0.5)
+    assert difficulty_reward(many, "teacher_dependent") == pytest.approx(
+        difficulty_reward(clean, "teacher_dependent") - 1.0
+    )
+    assert difficulty_reward(AnswerOutcome(False, 0, 100, 0, near_misses=1), "student_solvable") == -0.5
+
+
+def test_trl_adapter_counts_look_alikes_in_the_text() -> None:
+    kept: list[dict] = []
+    reward = make_trl_reward("simple", grader=lambda text, gold: text.endswith(gold), sink=kept.extend)
+    texts = ["a <call>4</call>b 7", "a < call>4</call>b 7", "<line>5</line><line>4</line> 7"]
+    rewards = reward(
+        completions=["x"] * 3, id=["q"] * 3, answer=["7"] * 3, answer_text=texts,
+        llm_tokens=[0, 0, 0], answer_tokens=[10, 10, 10], relays=[1, 0, 0],
+    )  # fmt: skip
+    assert [r["near_misses"] for r in kept] == [0, 1, 2]
+    assert rewards == pytest.approx([1.0, 0.5, 0.0])
