@@ -89,7 +89,7 @@ def base_settings(args: argparse.Namespace, defaults: RelaySettings | None = Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evaluation.data import check_benchmark, load_problems
-    from evaluation.harness import make_answerer, parse_policy_list, run_suite
+    from evaluation.harness import make_answerer, parse_policy_list, policy_settings, run_suite
     from evaluation.report import summary_markdown, write_report
 
     benchmark = check_benchmark(args.benchmark)
@@ -101,7 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.app import open_engine
     from edge.config import load_edge_config
 
-    config = load_edge_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if all(policy_settings(label, RelaySettings(), learned_share=0.0).policy == "never" for label in labels):
+        overrides.append("cloud.address=off")  # SLM-only rows: no LLM to load (the 1.5B is ~7 GB here)
+    config = load_edge_config(args.config, overrides)
     base = base_settings(args, config.relay)
     problems = load_problems(benchmark, args.slice, args.limit, cache=args.cache, skip=args.skip)
     out = args.out or Path("runs") / f"{benchmark}-{args.slice}"

@@ -473,8 +473,13 @@ def test_cli_run_end_to_end_with_a_fake_engine(
         return stream
 
     engine = types.SimpleNamespace(answer=answer)
-    app = types.SimpleNamespace(open_engine=lambda config: contextlib.nullcontext(engine))
-    monkeypatch.setitem(sys.modules, "edge.app", app)
+    clouds: list[str] = []
+
+    def open_engine(config):  # type: ignore[no-untyped-def]
+        clouds.append(config.cloud.address)
+        return contextlib.nullcontext(engine)
+
+    monkeypatch.setitem(sys.modules, "edge.app", types.SimpleNamespace(open_engine=open_engine))
     _write_benchmark(tmp_path, "gsm8k", 40)
     out = tmp_path / "run"
     argv = ["eval", "run", "--slice", "all", "--limit", "3", "--out", str(out), "--cache", str(tmp_path)]
@@ -482,6 +487,9 @@ def test_cli_run_end_to_end_with_a_fake_engine(
     assert "random-query (computed)" in capsys.readouterr().out
     assert (out / "pareto.png").is_file() and len(read_rows(out / ROWS_FILE)) == 3 * 6
     assert main(["eval", "report", str(out)]) == 0
+    # SLM-only policies never start the (embedded) cloud: loading the LLM for them only costs memory
+    assert main([*argv[:-4], "--out", str(tmp_path / "alone"), "--cache", str(tmp_path), "--policies", "never"]) == 0
+    assert clouds == ["embedded", "off"]
 
 
 class OutageAnswerer(ScriptedAnswerer):
