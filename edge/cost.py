@@ -37,6 +37,18 @@ class PriceTable(BaseModel):
         return cls.model_validate(data)
 
 
+BUDGET_REACHED = "budget reached"
+"""The fallback an answer records when its own money budget stops relaying: a policy limit."""
+
+
+def cloud_failures(fallbacks: list[str], policy: str) -> list[str]:
+    """The fallbacks the cloud caused (not the answer's own budget) in an answer that relays: an
+    answer with one measures the outage, not the policy (evaluation retries it, GRPO refuses it)."""
+    if policy == "never":
+        return []
+    return [f for f in fallbacks if f != BUDGET_REACHED]
+
+
 @dataclass
 class RelayCost:
     """One `<call>N</call>` round trip."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.errors import UserError
-from edge.cost import CostRecord
+from edge.cost import CostRecord, cloud_failures
 from edge.relay.settings import RelaySettings
 from evaluation.baselines import random_token_rate
 from evaluation.data import Problem
@@ -181,18 +181,11 @@ def answer_row(answerer: Answerer, problem: Problem, spec: PolicySpec) -> dict:
     except Exception as exc:  # the engine or the cloud failed: record it, go on with the next row
         return row | {"error": f"answer: {type(exc).__name__}: {exc}", "seconds": time.perf_counter() - start}
     row |= {"text": text, "cost": record.to_dict(), "seconds": time.perf_counter() - start}
-    if failed := cloud_failures(record, spec.settings):
+    if failed := cloud_failures(record.fallbacks, spec.settings.policy):
         # The SLM finished alone because the cloud failed: that measures the outage, not the
         # policy. An error row (kept for reading), retried when the run resumes.
         row["error"] = f"answer: cloud failed: {failed[0]}"
     return row
-
-
-def cloud_failures(record: CostRecord, settings: RelaySettings) -> list[str]:
-    """Fallbacks caused by the cloud (not by the policy's own budget) in an answer that relays."""
-    if settings.policy == "never":
-        return []
-    return [f for f in record.fallbacks if f != "budget reached"]
 
 
 def grade_row(row: dict, grader: Grader) -> dict:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.errors import UserError
+from edge.cost import cloud_failures
 from edge.relay.driver import RelayEngine
 from edge.relay.settings import RelaySettings
 from edge.vocab import Vocab
@@ -74,6 +75,13 @@ class RelayRollouts:
                 rollouts += self._group(model, group)
         finally:
             model.train(was_training)
+        if failed := [f for r in rollouts for f in cloud_failures(r.fallbacks, self.settings.policy)]:
+            # Those answers finished without the help they asked for: training on them would teach
+            # that calling does not pay. The step is not taken; the last checkpoint resumes it.
+            raise UserError(
+                f"the LLM failed during rollouts ({failed[0]}); no step was trained on them: "
+                "rerun the same command once the cloud is back (it resumes from the last checkpoint)"
+            )
         return _trl_fields(rollouts, self.vocab.eos_ids[0])
 
     def _settings(self) -> RelaySettings:

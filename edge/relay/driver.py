@@ -18,7 +18,7 @@ import numpy as np
 
 from common.errors import UserError
 from edge.cloud_link import CloudError, CloudLink, Sampling
-from edge.cost import CostRecord, PriceTable, RelayCost
+from edge.cost import BUDGET_REACHED, CostRecord, PriceTable, RelayCost
 from edge.detok import IncrementalDetokenizer
 from edge.events import AnswerFinished, RelayEvent, RelayStarted, TokenEvent
 from edge.relay.commands import CommandMask
@@ -292,7 +292,7 @@ class AnswerStream:
         self.record.price(self.engine.prices)
         if self.record.money >= budget:
             self.machine.disable_cloud(f"budget ${budget:g} reached")
-            self.record.fallbacks.append("budget reached")
+            self.record.fallbacks.append(BUDGET_REACHED)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

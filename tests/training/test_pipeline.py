@@ -259,6 +259,37 @@ def test_rollout_trajectory_equals_serving_trajectory(tiny_pair, tiny_onnx) -> N
     assert rollout.env_mask[:n] == [int(s == "slm") for s in served.answer_sources]
 
 
+def test_rollouts_refuse_a_step_the_cloud_failed(tiny_pair, tiny_onnx) -> None:
+    """A cloud that goes down during rollouts stops the step with one clear error: answers that
+    finished alone after asking for help would teach the policy that calling does not pay."""
+    import types
+
+    from transformers import AutoModelForCausalLM
+
+    from training.grpo import RelayRollouts
+
+    slm_dir, llm_dir = tiny_pair
+    vocab = Vocab.load(tiny_onnx)
+    policy = AutoModelForCausalLM.from_pretrained(slm_dir, dtype=torch.float32)
+    trainer = types.SimpleNamespace(model=policy, accelerator=types.SimpleNamespace(unwrap_model=lambda m: m))
+    settings = RelaySettings(policy="random", random_rate=0.3, fixed_n=3, max_relays=2, max_new_tokens=24, seed=3)
+    prompt = [{"role": "user", "content": "Tom has 3 boxes with 4 apples in each box."}]
+    with ServerThread(tiny_backend(llm_dir), config()) as server:
+
+        def connect() -> CloudLink:
+            link = CloudLink(server.address, timeout_s=5)
+            link.connect(tokenizer_sha256(tiny_onnx))
+            return link
+
+        healthy = RelayRollouts(vocab, connect, settings, include_llm_tokens=False, num_generations=2)
+        assert sum(healthy([prompt, prompt], trainer)["llm_tokens"]) > 0
+        ready = [connect(), connect()]  # connected while the cloud was up
+        server.stop()
+        outage = RelayRollouts(vocab, ready.pop, settings, include_llm_tokens=False, num_generations=2)
+        with pytest.raises(UserError, match=r"the LLM failed during rollouts .*resumes from the last checkpoint"):
+            outage([prompt, prompt], trainer)
+
+
 def test_ship_merges_exports_and_runs_in_the_edge_runtime(recipe, tmp_path) -> None:
     from training.ship import ship
 
