@@ -292,6 +292,7 @@ def summarize(rows: list[dict]) -> dict:
         "graded": len(graded),
         "correct": sum(1 for r in graded if r["correct"]),
         "accuracy": sum(1 for r in graded if r["correct"]) / len(graded) if graded else 0.0,
+        "outcomes": {r["id"]: bool(r["correct"]) for r in graded},
         "errors": len(errors),
         "errors_by_stage": {s: stages.count(s) for s in sorted(set(stages))},
         "answered": len(costs),

@@ -63,7 +63,8 @@ def _signed_pct(value: float | None) -> str:
 
 COLUMNS = (
     "policy | n | errors | accuracy % | LLM share % | relays/ans | KB up/ans | KB down/ans | latency s/ans"
-    " | edge s/ans | cloud s/ans | $ per 1k ans | LLM-only $ per 1k | gap recovered % | vs router pp | hit limit %"
+    " | edge s/ans | cloud s/ans | $ per 1k ans | LLM-only $ per 1k | gap recovered % | vs router pp"
+    " | vs SLM fixed/broken (95% CI pp) | hit limit %"
 )
 
 
@@ -84,9 +85,17 @@ def _policy_row(label: str, s: Mapping, cmp: Mapping) -> str:
         f"{1000 * s['money_llm_only_per_answer']:.4f}",
         _pct(cmp.get("gap_recovered")),
         _signed_pct(cmp.get("advantage_over_router")),
+        _paired_cell(cmp.get("vs_slm")),
         _pct(s.get("hit_limit_share")),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _paired_cell(p: Mapping | None) -> str:
+    if not p or not (p["fixed"] or p["broken"]):
+        return "–"
+    low, high = p["ci95"]
+    return f"+{p['fixed']}/−{p['broken']} ({100 * low:+.1f} … {100 * high:+.1f})"
 
 
 def summary_markdown(summary: Mapping) -> str:
@@ -105,14 +114,15 @@ def summary_markdown(summary: Mapping) -> str:
         lines.append(
             f"| {ROUTER_ROW} | – | – | {_pct(router['accuracy'])} | {100 * router['llm_share']:.2f} | "
             + " | ".join([empty] * 6)
-            + f" | {1000 * router['money_per_answer']:.4f} | – | – | – | – |"
+            + f" | {1000 * router['money_per_answer']:.4f} | – | – | – | – | – |"
         )
     lines += [
         "",
         "accuracy over graded rows; errors counted apart. LLM share = LLM-written answer tokens / all "
         "answer tokens. gap recovered = (acc − acc_SLM)/(acc_LLM − acc_SLM). vs router = accuracy minus "
-        "the query-level random router's at the same LLM share (percentage points). hit limit = answers "
-        "cut by the answer-token limit.",
+        "the query-level random router's at the same LLM share (percentage points). vs SLM = problems "
+        "this policy got right and the SLM alone wrong / the reverse, and a 95% interval for the accuracy "
+        "difference (paired). hit limit = answers cut by the answer-token limit.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -379,6 +379,20 @@ def test_router_arithmetic() -> None:
     assert baselines.compare({"accuracy": 0.9, "llm_share": 0.1}, slm, llm)["router_share_to_match"] is None
 
 
+def test_paired_comparison_counts_fixed_and_broken_problems() -> None:
+    slm = {"outcomes": {str(i): i < 10 for i in range(40)}}  # right on problems 0-9
+    policy = {"outcomes": {str(i): 2 <= i < 14 for i in range(40)}}  # broke 0-1, fixed 10-13
+    p = baselines.paired(policy, slm)
+    assert (p["n"], p["fixed"], p["broken"]) == (40, 4, 2)
+    assert p["diff"] == pytest.approx(2 / 40)
+    low, high = p["ci95"]
+    assert low < 0 < high and high - low == pytest.approx(
+        2 * 1.96 * (((4 * 0.95**2 + 2 * 1.05**2 + 34 * 0.05**2) / 39) / 40) ** 0.5
+    )
+    assert baselines.paired({"outcomes": {"x": True}}, slm) is None  # no problem in common
+    assert baselines.paired({"accuracy": 0.5}, slm) is None  # a summary from before outcomes were kept
+
+
 def test_suite_report_and_plot(tmp_path: Path) -> None:
     answerer = ScriptedAnswerer(slm_right={"0"}, fail_ids={"3"})
     labels = parse_policy_list("never,cloud-only,learned,random-token,entropy@0.5")
@@ -447,6 +461,9 @@ def test_report_against_a_baseline_run_and_the_answer_limit_share(tmp_path: Path
     assert summary["comparisons"]["never"]["gap_recovered"] == pytest.approx(1 / 3)
     assert policies["base:never"]["hit_limit_share"] == pytest.approx(0.25)
     assert "hit limit %" in (trained / "summary.md").read_text()
+    paired = summary["comparisons"]["never"]["vs_slm"]  # the trained SLM alone against the bundled one
+    assert (paired["n"], paired["fixed"] - paired["broken"]) == (4, 1)
+    assert f"+{paired['fixed']}/−{paired['broken']} (" in (trained / "summary.md").read_text()
     other = tmp_path / "other"
     run_suite(ScriptedAnswerer(), _problems(3), ["never"], RelaySettings(), other, benchmark="gsm8k",
               slice_name="dev", progress=False)  # fmt: skip
