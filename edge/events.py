@@ -58,7 +58,7 @@ class Notice:
         "command_n0",
         "command_malformed",
         "command_clamped",
-        "relay_limit",
+        "command_unserved",
         "budget_exhausted",
         "cloud_unavailable",
         "cloud_error",

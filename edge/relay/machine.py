@@ -18,9 +18,10 @@ append-only at the token level, so the cloud's per-session KV cache stays valid.
 
 Policies: `learned` relays on the SLM's own commands; `entropy` relays `fixed_n` tokens when the
 SLM's top-1 probability < tau (the low-confidence sample is discarded and the LLM writes that
-position instead); `random` does the same at rate p per token; `never` is the SLM alone with
-commands masked out; `cloud-only` hands the whole answer to the LLM. When the cloud is unusable
-(down, over budget, relay limit reached) the SLM continues alone with commands masked.
+position instead); `random` does the same at rate p per token; `never` is the SLM alone;
+`cloud-only` hands the whole answer to the LLM. A command that cannot be served (`never`, cloud
+down or over budget, relay limit reached) is a no-op, like N = 0, up to
+`settings.unserved_commands` of them; after that the SLM continues with commands masked.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class RelayMachine:
         # exactly as within a turn.
         self.llm_context: list[int] = without_commands(prompt_ids, tokenizer)
         self.relays = 0
+        self.unserved = 0
+        """Commands written that could not be served (no-ops)."""
         self.cloud_reason = "" if cloud_available else "cloud unavailable"
         self._segment = _Segment()
         self._pending_feed: list[int] = []
@@ -143,7 +146,8 @@ class RelayMachine:
         if trigger is not None:
             return self._call([], self.settings.fixed_n, trigger)
         if not self._commands_allowed:
-            logits = self.tok.mask.apply(logits, self._tail)
+            if self.unserved >= self.settings.unserved_commands:
+                logits = self.tok.mask.apply(logits, self._tail)
         elif self.settings.call_bias and not self._segment.scanner.open_command_pending():
             logits = self.tok.mask.boost(logits, self._tail, self.settings.call_bias)
         token = sample(logits, self._rng, self.settings.temperature, self.settings.top_p)
@@ -242,7 +246,8 @@ class RelayMachine:
         if command.n == 0:
             events.append(Notice("command_n0", "N = 0: no call"))
         elif not self._commands_allowed:
-            events.append(Notice("relay_limit", f"relay limit {self.settings.max_relays} reached"))
+            self.unserved += 1
+            events.append(Notice("command_unserved", self._unserved_reason()))
         else:
             if command.n > self.settings.max_n:
                 events.append(Notice("command_clamped", f"N = {command.n} clamped to {self.settings.max_n}"))
@@ -250,6 +255,15 @@ class RelayMachine:
         if self.remaining <= 0:
             return self._finish(events, "max_tokens")
         return events, Decode(self._take_feed())
+
+    def _unserved_reason(self) -> str:
+        if self.settings.policy != "learned":
+            why = f"policy {self.settings.policy}"
+        elif not self.cloud_usable:
+            why = self.cloud_reason
+        else:
+            why = f"relay limit {self.settings.max_relays} reached"
+        return f"command not served ({why}): the SLM goes on"
 
     def _call(self, events: list[RelayEvent], n_requested: int, trigger: str) -> Step:
         self._commit_segment()

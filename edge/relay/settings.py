@@ -20,13 +20,19 @@ class RelaySettings(BaseModel):
     policy: Policy = "learned"
     """learned: the SLM's own `<call>N</call>` commands (RelayLLM). entropy: call with `fixed_n` when
     the SLM's top-1 probability is below `entropy_tau`. random: call with `fixed_n` at each token
-    with probability `random_rate`. never: SLM alone (commands masked out). cloud-only: LLM alone."""
+    with probability `random_rate`. never: SLM alone (its commands are not served). cloud-only: LLM
+    alone."""
     call_bias: float = Field(0.0, ge=-20, le=20)
     """learned: logit offset added to the tokens that open `<call>` (0 = the SLM as trained). The
     SLM's own call propensity stays the decision; the bias moves its threshold, so one trained SLM
     gives a curve of LLM share against accuracy (more calls when > 0, fewer when < 0)."""
     max_relays: int = Field(4, ge=0)
     """Relays allowed per answer (the paper's eval allows 5 turns, i.e. 4 calls)."""
+    unserved_commands: int = Field(4, ge=0)
+    """Commands the SLM may write that cannot be served (policy `never`, relay limit reached, cloud
+    down): each stays in its text as a no-op, like N = 0, and is cut from the LLM's view; after
+    this many, the mask forbids more. 0 masks at once. Masking at once made the trained SLM write
+    look-alikes instead (`= 14< call>4</call>4`), in the middle of its numbers."""
     max_new_tokens: int = Field(1024, ge=1)
     """Answer tokens (SLM + LLM together) before the answer is cut."""
     max_n: int = Field(512, ge=1)

@@ -66,7 +66,7 @@ NOTICE_LABELS = {
     "command_n0": "call N=0 ignored",
     "command_malformed": "malformed call ignored",
     "command_clamped": "N clamped",
-    "relay_limit": "relay limit reached",
+    "command_unserved": "call not served",
     "budget_exhausted": "budget exhausted",
     "cloud_unavailable": "cloud unavailable → SLM only",
     "cloud_error": "cloud error",

@@ -114,11 +114,23 @@ def test_teacher_eos_ends_the_answer() -> None:
     assert run.kinds(RelayFinished)[0].tokens_received == 5  # EOS included: it was generated
 
 
-def test_relay_limit_masks_further_commands() -> None:
-    script = encode("a<call>1</call>b<call>2</call>c")
-    run = run_machine(ScriptedSlm(script), [(encode("X"), "length")], RelaySettings(max_relays=1))
+def test_a_command_past_the_relay_limit_is_a_no_op_then_masked() -> None:
+    script = encode("a<call>1</call>b<call>2</call>c<call>3</call>d")
+    settings = RelaySettings(max_relays=1, unserved_commands=1)
+    run = run_machine(ScriptedSlm(script), [(encode("X"), "length")], settings)
     assert len(run.calls) == 1
-    assert run.answer.count("<call>") == 1  # the second command could not be written
+    # The second command stays in the SLM's text, unserved; the third could not be written (the
+    # mask, once the unserved allowance is spent).
+    assert run.answer.startswith("a<call>1</call>Xb<call>2</call>") and run.answer.count("<call>") == 2
+    assert [e.detail for e in run.kinds(Notice) if e.kind == "command_unserved"] == [
+        "command not served (relay limit 1 reached): the SLM goes on"
+    ]
+
+
+def test_unserved_zero_masks_at_once() -> None:
+    script = encode("a<call>1</call>b<call>2</call>c")
+    run = run_machine(ScriptedSlm(script), [(encode("X"), "length")], RelaySettings(max_relays=1, unserved_commands=0))
+    assert len(run.calls) == 1 and run.answer.count("<call>") == 1
 
 
 def test_max_new_tokens_counts_both_models() -> None:
@@ -142,10 +154,13 @@ def test_budget_limits_granted_n() -> None:
     assert granted == 20 - len("a<call>50</call>")
 
 
-def test_never_policy_is_slm_alone_with_commands_masked() -> None:
-    run = run_machine(ScriptedSlm(encode("a<call>5</call>b")), settings=RelaySettings(policy="never"))
+def test_never_policy_is_slm_alone_and_serves_no_command() -> None:
+    script = encode("a<call>5</call>b" * 3)
+    run = run_machine(ScriptedSlm(script), settings=RelaySettings(policy="never", unserved_commands=2))
     assert run.calls == []
-    assert "<call" not in run.answer
+    assert run.answer.count("<call>") == 2  # two no-ops, then masked
+    assert set(run.machine.answer_sources) == {"slm"}
+    assert "command not served (policy never)" in run.kinds(Notice)[0].detail
 
 
 def test_cloud_only_hands_the_whole_answer_to_the_llm() -> None:
@@ -157,12 +172,13 @@ def test_cloud_only_hands_the_whole_answer_to_the_llm() -> None:
     assert set(run.machine.answer_sources) == {"llm"}
 
 
-def test_cloud_failure_falls_back_to_slm_with_commands_masked() -> None:
-    script = encode("a<call>3</call>b<call>4</call>c")
-    run = run_machine(ScriptedSlm(script), [], cloud_fails_at=1)
+def test_cloud_failure_falls_back_to_slm_and_serves_no_more_commands() -> None:
+    script = encode("a<call>3</call>b<call>4</call>c<call>5</call>d")
+    run = run_machine(ScriptedSlm(script), [], cloud_fails_at=1, settings=RelaySettings(unserved_commands=1))
     assert len(run.calls) == 1
-    assert "cloud_unavailable" in [e.kind for e in run.kinds(Notice)]
-    assert run.answer.count("<call>") == 1
+    kinds = [e.kind for e in run.kinds(Notice)]
+    assert "cloud_unavailable" in kinds and kinds.count("command_unserved") == 1
+    assert run.answer.count("<call>") == 2
     assert run.finish is not None and run.finish.reason == "eos"
 
 
