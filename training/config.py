@@ -91,6 +91,10 @@ class SftSection(_Section):
     window_after_call: int | None = Field(None, ge=0)
     """End examples with commands this many SLM tokens after their last LLM span (no EOS there):
     shorter sequences whose loss is mostly about the decision to call. None: whole answers."""
+    loss_on: Literal["slm", "commands"] = "slm"
+    """slm: every token the SLM writes (its text, its commands, the EOS). commands: only the
+    `<call>N</call>` tokens, so the SLM learns where to call without its own text being retrained
+    (two rounds of `slm` cost it 8-10 points alone on GSM8K); examples without a command drop out."""
     lora: LoraSection = LoraSection()
     use_lora: bool = True
 

@@ -25,11 +25,15 @@ from training.questions import EvalGuard, check_no_eval_leak
 from training.warmup import read_jsonl
 
 
-def encode_example(row: dict, vocab: Vocab, *, include_llm_tokens: bool, window: int | None = None) -> dict:
+def encode_example(
+    row: dict, vocab: Vocab, *, include_llm_tokens: bool, window: int | None = None, loss_on: str = "slm"
+) -> dict:
     """input_ids and completion_mask (1 = in the loss) for one warm-up example.
 
     `window`: an example with commands ends `window` SLM tokens after its last LLM span (and gets
-    no EOS there), so the sequence is mostly about the decision to call, and shorter."""
+    no EOS there), so the sequence is mostly about the decision to call, and shorter.
+    `loss_on="commands"`: only the command tokens are in the loss (`SftSection.loss_on`)."""
+    learned_sources = ("command",) if loss_on == "commands" else ("slm", "command")
     try:
         prompt = vocab.encode_chat([{"role": "user", "content": row["prompt"]}])
         ids, mask = list(prompt), [0] * len(prompt)
@@ -40,7 +44,7 @@ def encode_example(row: dict, vocab: Vocab, *, include_llm_tokens: bool, window:
             piece = vocab.encode(seg["text"])
             if last_llm is not None and i > last_llm:
                 piece = piece[:window]
-            learn = seg["source"] in ("slm", "command") or include_llm_tokens
+            learn = seg["source"] in learned_sources or include_llm_tokens
             ids += piece
             mask += [int(learn)] * len(piece)
             if last_llm is not None and i > last_llm:
@@ -49,7 +53,7 @@ def encode_example(row: dict, vocab: Vocab, *, include_llm_tokens: bool, window:
         raise UserError(f"malformed warm-up example {row.get('id', '?')!r}: {type(exc).__name__}: {exc}") from None
     if last_llm is None or last_llm == len(segments) - 1:
         ids.append(vocab.eos_ids[0])
-        mask.append(1)
+        mask.append(int(loss_on != "commands"))
     return {"input_ids": ids, "completion_mask": mask}
 
 
@@ -61,13 +65,16 @@ def load_examples(
     max_length: int,
     guard: EvalGuard | None,
     window: int | None = None,
+    loss_on: str = "slm",
 ):
     rows = list(read_jsonl(path))
     if not rows:
         raise UserError(f"no warm-up examples in {path}")
     if guard is not None:
         check_no_eval_leak([r.get("question", "") for r in rows], guard)
-    encoded = [encode_example(r, vocab, include_llm_tokens=include_llm_tokens, window=window) for r in rows]
+    encoded = [
+        encode_example(r, vocab, include_llm_tokens=include_llm_tokens, window=window, loss_on=loss_on) for r in rows
+    ]
     kept = [e for e in encoded if len(e["input_ids"]) <= max_length]
     if not kept:
         raise UserError(f"every example is longer than sft.max_length={max_length}")
@@ -149,6 +156,7 @@ def run_sft(
         max_length=s.max_length,
         guard=guard,
         window=s.window_after_call,
+        loss_on=s.loss_on,
     )
     print(f"SFT on {len(rows)} examples from {data} ({dropped} longer than {s.max_length} tokens dropped)")
     if config.models.threads:

@@ -176,6 +176,11 @@ def test_sft_masks_llm_tokens_and_trains_lora(recipe, tmp_path) -> None:
     tail = vocab.encode(" so \\boxed{10}")[:2]
     assert windowed["input_ids"][-2:] == tail and windowed["input_ids"][-len(tail) - len(llm_ids) : -2] == llm_ids
 
+    # Commands only: the loss sees `<call>8</call>` and nothing the SLM wrote around it, nor the EOS.
+    commands = encode_example(row, vocab, include_llm_tokens=False, loss_on="commands")
+    learned = [i for i, m in zip(commands["input_ids"], commands["completion_mask"], strict=True) if m]
+    assert commands["input_ids"] == enc["input_ids"] and learned == vocab.encode("<call>8</call>")
+
     final = run_sft(recipe, data, tmp_path / "sft", guard=NO_GUARD)
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     assert summary["steps"] == 4 and all(math.isfinite(x) for x in summary["losses"])
