@@ -43,6 +43,8 @@ def build_summary(run_dir: Path, baseline: Path | None = None) -> dict:
         "comparisons": {},
     }
     slm, llm = policies.get(ends[0]), policies.get(ends[1])
+    if slm and slm["graded"]:  # problem by problem against the SLM alone needs no LLM run
+        out["comparisons"] = {label: {"vs_slm": baselines.paired(s, slm)} for label, s in policies.items()}
     if slm and llm and slm["graded"] and llm["graded"]:
         share = policies["learned"]["llm_share"] if "learned" in policies else None
         out["router"] = {

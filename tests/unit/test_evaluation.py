@@ -393,6 +393,16 @@ def test_paired_comparison_counts_fixed_and_broken_problems() -> None:
     assert baselines.paired({"accuracy": 0.5}, slm) is None  # a summary from before outcomes were kept
 
 
+def test_a_run_without_the_llm_alone_still_compares_with_the_slm(tmp_path: Path) -> None:
+    run_suite(ScriptedAnswerer(slm_right={"0"}), _problems(4), ["never", "learned"], RelaySettings(), tmp_path,
+              benchmark="gsm8k", slice_name="dev", progress=False)  # fmt: skip
+    summary = write_report(tmp_path)
+    learned = summary["comparisons"]["learned"]
+    assert "gap_recovered" not in learned and learned["vs_slm"]["n"] == 4
+    assert summary["comparisons"]["never"]["vs_slm"] == {"n": 4, "fixed": 0, "broken": 0, "diff": 0.0,
+                                                        "ci95": [0.0, 0.0]}  # fmt: skip
+
+
 def test_suite_report_and_plot(tmp_path: Path) -> None:
     answerer = ScriptedAnswerer(slm_right={"0"}, fail_ids={"3"})
     labels = parse_policy_list("never,cloud-only,learned,random-token,entropy@0.5")
