@@ -84,6 +84,9 @@ class CloudConfig(BaseModel):
     """Prometheus /metrics HTTP port (None: off)."""
     grace_s: float = Field(5.0, ge=0)
     """Seconds running relays get to finish on shutdown."""
+    parent_pid: int | None = Field(None, ge=1)
+    """Stop when this process is gone (the embedded cloud: its edge). A parent killed outright
+    runs no cleanup, and its cloud would otherwise hold the LLM's memory and CPU until found."""
     allow_insecure: bool = False
     """Serve on a non-loopback address without a bearer token. Off: such a start is refused
     before the model loads (an open LLM on the network is rarely what anyone meant)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 
@@ -117,12 +118,20 @@ async def serve(engine: Engine | LlmBackend, config: CloudConfig) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(running.engine_dead.wait())]
+    if config.parent_pid is not None:
+        waits.append(asyncio.ensure_future(_parent_gone(config.parent_pid)))
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for waiting in waits:
         waiting.cancel()
     await running.stop(0 if running.engine_dead.is_set() else config.grace_s)
     if running.engine_dead.is_set():  # exit non-zero so compose/systemd/k8s restart the service
         raise UserError(f"stopping: {running.why_dead}")
+
+
+async def _parent_gone(pid: int, every_s: float = 1.0) -> None:
+    """Return once process `pid` no longer parents this one (it died and we were re-parented)."""
+    while os.getppid() == pid:
+        await asyncio.sleep(every_s)
 
 
 class BackgroundServer:

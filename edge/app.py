@@ -122,7 +122,7 @@ def embedded_cloud(config: EdgeConfig, llm_dir: Path | None, token: str) -> Iter
     cmd = [
         sys.executable, "-m", "relaycli.main", "cloud", "serve",
         "--host", "127.0.0.1", "--port", "0", "--llm", str(llm_dir),
-        "--set", f"device={config.cloud.embedded_device}",
+        "--set", f"device={config.cloud.embedded_device}", "--set", f"parent_pid={os.getpid()}",
     ]  # fmt: skip
     env = {**os.environ, "RELAY_CLOUD_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     log_file = _log_path(config)

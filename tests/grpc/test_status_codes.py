@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -215,3 +222,42 @@ async def test_a_dead_engine_turns_health_not_serving_and_stops_the_service(llm_
         assert "engine core died" in info.value.details()
     with pytest.raises(UserError, match="stopping: engine core died"):  # `relay cloud serve` exits 1
         await asyncio.wait_for(service, timeout=30)
+
+
+_PARENT = """
+import os, subprocess, sys, time
+cloud = subprocess.Popen([sys.executable, "-m", "relaycli.main", "cloud", "serve", "--host", "127.0.0.1",
+                          "--port", "0", "--llm", sys.argv[1], "--set", "device=cpu",
+                          "--set", f"parent_pid={os.getpid()}"])
+print(cloud.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a reaper that may never come (a container's PID 1)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_cloud_whose_parent_is_killed_stops(tiny_pair) -> None:
+    """The embedded cloud's edge killed outright (no cleanup runs) must not leave the LLM running."""
+    from common.ready import READY_PREFIX
+
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tiny_pair[1])], stdout=subprocess.PIPE, text=True)
+    cloud_pid = int(parent.stdout.readline())
+    try:
+        assert parent.stdout.readline().startswith(READY_PREFIX)  # the cloud shares its parent's stdout
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _running(cloud_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(cloud_pid)
+    finally:
+        if _running(cloud_pid):
+            os.kill(cloud_pid, signal.SIGKILL)
+        parent.stdout.close()
