@@ -390,6 +390,8 @@ def test_paired_comparison_counts_fixed_and_broken_problems() -> None:
         2 * 1.96 * (((4 * 0.95**2 + 2 * 1.05**2 + 34 * 0.05**2) / 39) / 40) ** 0.5
     )
     assert baselines.paired({"outcomes": {"x": True}}, slm) is None  # no problem in common
+    few = baselines.paired({"outcomes": {"0": True, "10": True}}, slm)  # 2 problems, +1/−0: ±98 points
+    assert few["ci95"][1] == 1.0 and few["ci95"][0] > -1.0
     assert baselines.paired({"accuracy": 0.5}, slm) is None  # a summary from before outcomes were kept
 
 
