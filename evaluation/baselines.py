@@ -187,5 +187,5 @@ def paired(policy: Mapping, reference: Mapping) -> dict | None:
         "fixed": diffs.count(1),
         "broken": diffs.count(-1),
         "diff": mean,
-        "ci95": [mean - half, mean + half],
+        "ci95": [max(-1.0, mean - half), min(1.0, mean + half)],  # a difference of shares stays in [-1, 1]
     }
