@@ -15,19 +15,19 @@ tokens (SLM tokens, commands and LLM tokens together), not the N requested: a ca
   | teacher_unsolvable | no answer is correct | – | – | 0 | ρ |
 
 Both kinds subtract a format penalty for each command look-alike the answer wrote (`< call>4</call>`,
-`<line>4</line>`): 0.5 each, at most 1. The serving loop ignores them, so they bring no help, but
-they are ordinary tokens and, unpriced, GRPO learns them (the CPU run's KL jumped to 0.22 when the
-policy began writing them after its relays were spent).
+`<line>4</line>`) and each valid command that was not served (past the relay limit): 0.5 each, at
+most 1. Neither brings help, but both are ordinary tokens and, unpriced, GRPO learns them (the CPU
+run's KL jumped to 0.22 when the policy began writing look-alikes after its relays were spent).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
-from edge.relay.commands import count_near_misses
+from edge.relay.commands import count_calls, count_near_misses
 
 Scenario = Literal["student_solvable", "teacher_dependent", "teacher_unsolvable"]
 INDEPENDENCE_BONUS = 1.5
@@ -45,6 +45,8 @@ class AnswerOutcome:
     relays: int
     near_misses: int = 0
     """Command look-alikes in the answer (`edge.relay.commands.count_near_misses`)."""
+    unserved: int = 0
+    """Valid commands (N > 0) the answer wrote beyond the relays it got."""
 
     @property
     def called(self) -> bool:
@@ -56,7 +58,7 @@ class AnswerOutcome:
 
     @property
     def format_penalty(self) -> float:
-        return min(MAX_FORMAT_PENALTY, NEAR_MISS_PENALTY * self.near_misses)
+        return min(MAX_FORMAT_PENALTY, NEAR_MISS_PENALTY * (self.near_misses + self.unserved))
 
 
 def call_ratio(llm_tokens: int, answer_tokens: int) -> float:
@@ -116,6 +118,12 @@ def math_verify_grader(text: str, gold: str) -> bool:
         return False
 
 
+def graded_outcome(text: str, gold: str, llm_tokens: int, answer_tokens: int, relays: int, grader) -> AnswerOutcome:
+    """An answer's outcome from its text: graded, and its command look-alikes and unserved commands counted."""
+    unserved = max(0, count_calls(text) - relays)
+    return AnswerOutcome(grader(text, gold), llm_tokens, answer_tokens, relays, count_near_misses(text), unserved)
+
+
 def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_grader, sink=None):
     """A TRL reward function over the per-completion fields the relay rollout returns; `grader`
     decides correctness (math-verify on the boxed answer, as evaluation does). `sink(rows)`, if
@@ -134,15 +142,13 @@ def make_trl_reward(kind: Literal["simple", "difficulty"], grader=math_verify_gr
         **_,  # noqa: A002
     ) -> list[float]:
         outcomes = [
-            AnswerOutcome(grader(text, gold), int(lt), int(at), int(r), count_near_misses(text))
+            graded_outcome(text, gold, int(lt), int(at), int(r), grader)
             for text, gold, lt, at, r in zip(answer_text, answer, llm_tokens, answer_tokens, relays, strict=True)
         ]
         rewards, scenarios = group_rewards(list(id), outcomes, kind)
         if sink is not None:
             sink([
-                {"id": qid, "gold": gold, "correct": o.correct, "llm_tokens": o.llm_tokens,
-                 "answer_tokens": o.answer_tokens, "relays": o.relays, "near_misses": o.near_misses,
-                 "reward": r, "scenario": sc, "text": text}
+                {"id": qid, "gold": gold, **asdict(o), "reward": r, "scenario": sc, "text": text}
                 for qid, gold, o, r, sc, text in zip(id, answer, outcomes, rewards, scenarios, answer_text, strict=True)
             ])  # fmt: skip
         if log_metric is not None:
@@ -161,6 +167,7 @@ def _log_batch(log_metric, outcomes, rewards, scenarios) -> None:
     log_metric("relay/relays_per_answer", sum(o.relays for o in outcomes) / n)
     log_metric("relay/called_share", sum(o.called for o in outcomes) / n)
     log_metric("relay/near_misses_per_answer", sum(o.near_misses for o in outcomes) / n)
+    log_metric("relay/unserved_per_answer", sum(o.unserved for o in outcomes) / n)
     for name in ("student_solvable", "teacher_dependent", "teacher_unsolvable"):
         picked = [r for r, s in zip(rewards, scenarios, strict=True) if s == name]
         log_metric(f"relay/share_{name}", len(picked) / n)

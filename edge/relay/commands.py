@@ -75,6 +75,11 @@ class CommandScanner:
         return Command(opening, end, n)
 
 
+def count_calls(text: str) -> int:
+    """How many valid commands with N > 0 the text holds (served or not)."""
+    return sum(int(m.group(1)) > 0 for m in _COMMAND_TEXT_RE.finditer(text))
+
+
 def count_near_misses(text: str) -> int:
     """How many command look-alikes (not valid `<call>N</call>` commands) the text holds."""
     return sum(not _COMMAND_TEXT_RE.fullmatch(m.group()) for m in _NEAR_MISS_RE.finditer(text))

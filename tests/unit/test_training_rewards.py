@@ -129,3 +129,16 @@ def test_trl_adapter_counts_look_alikes_in_the_text() -> None:
     )  # fmt: skip
     assert [r["near_misses"] for r in kept] == [0, 1, 2]
     assert rewards == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_commands_past_the_relays_it_got_are_priced_like_look_alikes() -> None:
+    kept: list[dict] = []
+    reward = make_trl_reward("simple", grader=lambda text, gold: text.endswith(gold), sink=kept.extend)
+    texts = ["a <call>4</call>b <call>4</call>c 7", "a <call>4</call>b <call>0</call>c 7", "a <call>4</call>b 7"]
+    rewards = reward(
+        completions=["x"] * 3, id=["q"] * 3, answer=["7"] * 3, answer_text=texts,
+        llm_tokens=[0, 0, 0], answer_tokens=[10, 10, 10], relays=[1, 1, 0],
+    )  # fmt: skip
+    # one served + one unserved; N = 0 is "no call", never unserved; a cloud-less command is unserved
+    assert [r["unserved"] for r in kept] == [1, 0, 1]
+    assert rewards == pytest.approx([0.5, 1.0, 0.5])
