@@ -119,26 +119,23 @@ def test_command_look_alikes_cost_a_format_penalty() -> None:
     assert difficulty_reward(AnswerOutcome(False, 0, 100, 0, near_misses=1), "student_solvable") == -0.5
 
 
-def test_trl_adapter_counts_look_alikes_in_the_text() -> None:
+@pytest.mark.parametrize(
+    ("texts", "relays", "field", "counts", "expected"),
+    [
+        # look-alikes: plain tokens that bring no help
+        (["a <call>4</call>b 7", "a < call>4</call>b 7", "<line>5</line><line>4</line> 7"], [1, 0, 0],
+         "near_misses", [0, 1, 2], [1.0, 0.5, 0.0]),
+        # a valid command past the relays the answer got; N = 0 is "no call", never unserved
+        (["a <call>4</call>b <call>4</call>c 7", "a <call>4</call>b <call>0</call>c 7", "a <call>4</call>b 7"],
+         [1, 1, 0], "unserved", [1, 0, 1], [0.5, 1.0, 0.5]),
+    ],
+)  # fmt: skip
+def test_trl_adapter_prices_look_alikes_and_unserved_commands(texts, relays, field, counts, expected) -> None:
     kept: list[dict] = []
     reward = make_trl_reward("simple", grader=lambda text, gold: text.endswith(gold), sink=kept.extend)
-    texts = ["a <call>4</call>b 7", "a < call>4</call>b 7", "<line>5</line><line>4</line> 7"]
     rewards = reward(
         completions=["x"] * 3, id=["q"] * 3, answer=["7"] * 3, answer_text=texts,
-        llm_tokens=[0, 0, 0], answer_tokens=[10, 10, 10], relays=[1, 0, 0],
+        llm_tokens=[0, 0, 0], answer_tokens=[10, 10, 10], relays=relays,
     )  # fmt: skip
-    assert [r["near_misses"] for r in kept] == [0, 1, 2]
-    assert rewards == pytest.approx([1.0, 0.5, 0.0])
-
-
-def test_commands_past_the_relays_it_got_are_priced_like_look_alikes() -> None:
-    kept: list[dict] = []
-    reward = make_trl_reward("simple", grader=lambda text, gold: text.endswith(gold), sink=kept.extend)
-    texts = ["a <call>4</call>b <call>4</call>c 7", "a <call>4</call>b <call>0</call>c 7", "a <call>4</call>b 7"]
-    rewards = reward(
-        completions=["x"] * 3, id=["q"] * 3, answer=["7"] * 3, answer_text=texts,
-        llm_tokens=[0, 0, 0], answer_tokens=[10, 10, 10], relays=[1, 1, 0],
-    )  # fmt: skip
-    # one served + one unserved; N = 0 is "no call", never unserved; a cloud-less command is unserved
-    assert [r["unserved"] for r in kept] == [1, 0, 1]
-    assert rewards == pytest.approx([0.5, 1.0, 0.5])
+    assert [r[field] for r in kept] == counts
+    assert rewards == pytest.approx(expected)
