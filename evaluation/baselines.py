@@ -152,7 +152,6 @@ def compare(policy: Mapping, slm: Mapping, llm: Mapping) -> dict:
         else router_share(p_match, slm["answer_tokens_mean"], llm["answer_tokens_mean"])
     )
     return {
-        "vs_slm": paired(policy, slm),
         "gap_recovered": gap_recovered(acc, slm["accuracy"], llm["accuracy"]),
         "router_accuracy_at_share": at_share["accuracy"],
         "advantage_over_router": acc - at_share["accuracy"],

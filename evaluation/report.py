@@ -51,7 +51,8 @@ def build_summary(run_dir: Path, baseline: Path | None = None) -> dict:
             "curve": baselines.router_curve(slm, llm, points=201),
             "at_learned_share": None if share is None else baselines.router_at_share(share, slm, llm),
         }
-        out["comparisons"] = {label: baselines.compare(s, slm, llm) for label, s in policies.items()}
+        for label, s in policies.items():
+            out["comparisons"][label] |= baselines.compare(s, slm, llm)
     return out
 
 
