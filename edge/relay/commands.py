@@ -26,8 +26,7 @@ _MAX_N_DIGITS = 9  # more digits than this is "huge": clamped, never parsed into
 # A tag around a number that is not a command: `< call>4</call>`, `<line>4</line>`. A policy that
 # wants to call once its relays are spent (the mask bans `<call>`) writes these; they are plain
 # tokens, so training has to price them or it learns them.
-_NEAR_MISS_RE = re.compile(r"<\s*/?\s*[A-Za-z_]{1,12}\s*>\s*\d+\s*<\s*/\s*[A-Za-z_]{1,12}\s*>")
-_COMMAND_TEXT_RE = re.compile(COMMAND_RE.pattern.decode())
+_NEAR_MISS_RE = re.compile(rb"<\s*/?\s*[A-Za-z_]{1,12}\s*>\s*\d+\s*<\s*/\s*[A-Za-z_]{1,12}\s*>")
 
 
 @dataclass(frozen=True)
@@ -77,12 +76,12 @@ class CommandScanner:
 
 def count_calls(text: str) -> int:
     """How many valid commands with N > 0 the text holds (served or not)."""
-    return sum(int(m.group(1)) > 0 for m in _COMMAND_TEXT_RE.finditer(text))
+    return sum(int(m.group(1)) > 0 for m in COMMAND_RE.finditer(text.encode()))
 
 
 def count_near_misses(text: str) -> int:
     """How many command look-alikes (not valid `<call>N</call>` commands) the text holds."""
-    return sum(not _COMMAND_TEXT_RE.fullmatch(m.group()) for m in _NEAR_MISS_RE.finditer(text))
+    return sum(not COMMAND_RE.fullmatch(m.group()) for m in _NEAR_MISS_RE.finditer(text.encode()))
 
 
 def cut_commands(
