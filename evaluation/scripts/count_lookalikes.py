@@ -6,6 +6,7 @@ many look-alikes, and how many of those answers were right.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +18,8 @@ from evaluation.harness import ROWS_FILE, read_rows  # noqa: E402
 
 
 def main(run_dir: Path) -> None:
+    if not (run_dir / ROWS_FILE).is_file():
+        sys.exit(f"error: {run_dir} holds no {ROWS_FILE} (not an evaluation run directory)")
     by_policy: dict[str, list[dict]] = defaultdict(list)
     for row in read_rows(run_dir / ROWS_FILE).values():
         by_policy[row["policy"]].append(row)
@@ -28,4 +31,6 @@ def main(run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="an evaluation run directory (relay eval run --out)")
+    main(parser.parse_args().run_dir)
