@@ -24,6 +24,7 @@ from common.secrets import env_secret
 from common.steps import Steps
 from edge.cloud_link import CloudError, CloudLink
 from edge.config import EdgeConfig
+from edge.relay.call_head import CallHead
 from edge.relay.driver import RelayEngine
 from edge.runtime import OnnxSlm
 from edge.vocab import Vocab
@@ -35,12 +36,13 @@ log = logging.getLogger(__name__)
 class ModelDirs:
     slm_onnx: Path
     llm: Path | None
+    call_head: Path | None = None
 
 
 def resolve_models(config: EdgeConfig, need_llm: bool, steps: Steps | None = None) -> ModelDirs:
     m = config.models
     if m.slm_onnx_dir is not None and not need_llm:
-        return ModelDirs(m.slm_onnx_dir, None)
+        return ModelDirs(m.slm_onnx_dir, None, m.call_head)
     from edge.export import ensure_onnx
     from models.identity import check_pair
     from models.registry import load_registry
@@ -53,7 +55,9 @@ def resolve_models(config: EdgeConfig, need_llm: bool, steps: Steps | None = Non
         llm_dir = ensure_model(m.llm or pair.llm, cache_dir=m.cache_dir, steps=steps)
         check_pair(slm_dir, llm_dir)
     onnx = m.slm_onnx_dir or ensure_onnx(slm_dir, cache_root(m.cache_dir), m.quant, steps=steps)
-    return ModelDirs(onnx, llm_dir)
+    # The pair's head was fitted on the pair's SLM: another SLM gets none unless one is named.
+    own_slm = m.slm is None and m.slm_onnx_dir is None
+    return ModelDirs(onnx, llm_dir, m.call_head or (pair.call_head if own_slm else None))
 
 
 @contextlib.contextmanager
@@ -83,7 +87,8 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None, steps: Steps | None
             if link is not None:
                 stack.callback(link.close)
                 state = state if link.checked else "reconnecting"
-        engine = RelayEngine(slm, vocab, link, config.prices, cloud_state=state if link else "offline")
+        head = CallHead.load(dirs.call_head) if dirs.call_head is not None else None
+        engine = RelayEngine(slm, vocab, link, config.prices, cloud_state=state if link else "offline", call_head=head)
         engine.cloud_address = None if address == "off" else address
         engine.cloud_note = note
         yield engine

@@ -27,6 +27,8 @@ class ModelsSection(BaseModel):
     """Override the pair's LLM (used by the embedded cloud only)."""
     slm_onnx_dir: Path | None = None
     """Use this exported ONNX directory as is (skips export)."""
+    call_head: Path | None = None
+    """Call head for the `head` policy (default: the pair's, when the SLM is the pair's own)."""
     quant: Literal["int8", "int8-dynamic", "fp32"] = "int8"
     """Which ONNX export of the SLM to run (see edge/export.py for the int8 schemes)."""
     cache_dir: Path | None = None

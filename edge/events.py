@@ -37,7 +37,7 @@ class RelayStarted:
     """N as the SLM wrote it (or as the policy chose it)."""
     n_granted: int
     """N after the per-relay cap and the remaining token budget."""
-    trigger: Literal["command", "entropy", "random", "cloud-only"]
+    trigger: Literal["command", "head", "entropy", "random", "cloud-only"]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ transient. The harness talks to an `Answerer`, so tests use a scripted fake and 
 real `RelayEngine` with `make_answerer`.
 
 Policy labels: `never` (SLM alone), `cloud-only` (LLM alone), `learned[@BIAS]` (the SLM's own
-`<call>N</call>`), `entropy` / `entropy@TAU`, `random@RATE` (per-token rate), and `random-token`:
-the random policy at the rate whose expected LLM share equals the share `learned` measured in the
-same run (`baselines.random_token_rate`), so it always runs after `learned`.
+`<call>N</call>`), `head[@TAU]` (the call head, edge/relay/call_head.py), `entropy` / `entropy@TAU`,
+`random@RATE` (per-token rate), and `random-token`: the random policy at the rate whose expected LLM
+share equals the share the last `learned` or `head` policy measured in the same run
+(`baselines.random_token_rate`), so it always runs after that one.
 """
 
 from __future__ import annotations
@@ -68,24 +69,33 @@ def make_answerer(engine: Any) -> Answerer:
 class PolicySpec:
     label: str
     settings: RelaySettings
+    call_head: str = ""
+    """The call head's digest (policy head): another head is another policy."""
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(self.settings.model_dump_json().encode()).hexdigest()[:10]
+        text = self.settings.model_dump_json() + (f"/head={self.call_head}" if self.settings.policy == "head" else "")
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
         return f"{self.label}#{digest}"
 
 
+LEARNED_POLICIES = ("learned", "head")
+"""Decisions learned from data: `random-token` is measured against the last of them in a run."""
+
+
 def parse_policy_list(text: str) -> list[str]:
-    """Split `never,learned,entropy@0.3` and put `random-token` after `learned`."""
+    """Split `never,learned,entropy@0.3` and put `random-token` after the last learned or head policy."""
     labels = [x.strip() for x in text.split(",") if x.strip()]
     if not labels:
         raise UserError("no policies given")
     if len(set(labels)) != len(labels):
         raise UserError(f"a policy is listed twice in {text!r}")
     if "random-token" in labels:
-        learned = [x for x in labels if x.partition("@")[0] == "learned"]
+        learned = [x for x in labels if x.partition("@")[0] in LEARNED_POLICIES]
         if not learned:
-            raise UserError("random-token matches the learned policy's share: list learned too (or use random@RATE)")
+            raise UserError(
+                "random-token matches a learned policy's share: list learned or head too (or use random@RATE)"
+            )
         labels.remove("random-token")
         labels.insert(labels.index(learned[-1]) + 1, "random-token")
     for label in labels:
@@ -101,6 +111,9 @@ def policy_settings(label: str, base: RelaySettings, *, learned_share: float | N
             return base.model_copy(update={"policy": FIXED_POLICIES[name]})
         if name == "learned" and arg:
             return RelaySettings.model_validate(base.model_dump() | {"policy": "learned", "call_bias": float(arg)})
+        if name == "head":
+            tau = float(arg) if arg else base.head_tau
+            return RelaySettings.model_validate(base.model_dump() | {"policy": "head", "head_tau": tau})
         if name == "entropy":
             tau = float(arg) if arg else base.entropy_tau
             return RelaySettings.model_validate(base.model_dump() | {"policy": "entropy", "entropy_tau": tau})
@@ -114,7 +127,8 @@ def policy_settings(label: str, base: RelaySettings, *, learned_share: float | N
     except ValueError as exc:  # float() or pydantic validation
         raise UserError(f"bad policy {label!r}: {str(exc).splitlines()[0]}") from None
     raise UserError(
-        f"unknown policy {label!r}; use never, cloud-only, learned[@BIAS], random-token, random@RATE, entropy[@TAU]"
+        f"unknown policy {label!r}; use never, cloud-only, learned[@BIAS], head[@TAU], random-token, "
+        "random@RATE, entropy[@TAU]"
     )
 
 
@@ -356,17 +370,21 @@ def run_suite(
     slice_name: str,
     grader: Grader = grade,
     progress: bool = True,
+    call_head: str = "",
 ) -> dict:
-    """Run every policy in order (random-token after learned) and record them in `run.json`."""
+    """Run every policy in order (random-token after learned) and record them in `run.json`.
+    `call_head`: the digest of the engine's call head, which keys the `head` policy's rows."""
     manifest = write_manifest(run_dir, benchmark, slice_name, problems)
     learned_share: float | None = None
     for label in labels:
-        spec = PolicySpec(label, policy_settings(label, base, learned_share=learned_share))
+        spec = PolicySpec(label, policy_settings(label, base, learned_share=learned_share), call_head)
         entry = {"label": label, "key": spec.key, "settings": spec.settings.model_dump()}
+        if spec.settings.policy == "head":
+            entry["call_head"] = call_head
         manifest["policies"] = [p for p in manifest["policies"] if p["label"] != label] + [entry]
         _save_manifest(run_dir, manifest)  # before running, so a report of an interrupted run shows it
         rows = run_policy(answerer, problems, spec, run_dir / ROWS_FILE, grader=grader, progress=progress)
-        if label.partition("@")[0] == "learned":  # random-token matches the last learned policy listed
+        if label.partition("@")[0] in LEARNED_POLICIES:  # random-token matches the last one listed
             learned_share = summarize(rows)["llm_share"]
     return manifest
 

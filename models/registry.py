@@ -90,6 +90,9 @@ class PairSpec(_Spec):
     description: str = ""
     slm: Name
     llm: Name
+    call_head: Path | None = None
+    """A call head (edge/relay/call_head.py) fitted on this SLM's states against this LLM, for the
+    `head` policy; a relative path is resolved from the registry file's folder."""
 
 
 class Registry(_Spec):
@@ -135,4 +138,9 @@ def load_registry(path: Path | None = None) -> Registry:
             source = source.model_copy(update={"path": (file.parent / source.path).resolve()})
             spec = spec.model_copy(update={"source": source})
         models[name] = spec
-    return registry.model_copy(update={"models": models})
+    pairs = {
+        name: pair.model_copy(update={"call_head": (file.parent / pair.call_head).resolve()})
+        if pair.call_head is not None and not pair.call_head.is_absolute() else pair
+        for name, pair in registry.pairs.items()
+    }  # fmt: skip
+    return registry.model_copy(update={"models": models, "pairs": pairs})

@@ -91,9 +91,10 @@ def run_machine(
     settings: RelaySettings | None = None,
     prompt: list[int] | None = None,
     cloud_fails_at: int | None = None,
+    call_head=None,
 ) -> Run:
     """Drive a RelayMachine to the end. The SLM's script position = SLM tokens sampled so far."""
-    machine = RelayMachine(prompt or encode("Q?"), view(), settings or RelaySettings())
+    machine = RelayMachine(prompt or encode("Q?"), view(), settings or RelaySettings(), call_head=call_head)
     run = Run(machine)
     events, action = machine.start()
     replies = iter(llm_replies)

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("sft", cmd_sft, "warm-up SFT (LoRA, assistant tokens only)"),
         ("grpo", cmd_grpo, "GRPO with the LLM in the loop (relay rollouts)"),
         ("ship", cmd_ship, "merge the adapter, export ONNX int8 and check it runs in the edge runtime"),
+        ("head-data", cmd_head_data, "the SLM's greedy answers scored by the LLM: data for the call head"),
+        ("head", cmd_head, "fit the call head on that data and write it beside the SLM"),
     ):
         p = stages.add_parser(name, help=text)
         p.add_argument("--recipe", default="cpu", help="smoke | cpu | gpu | path to a recipe YAML")
@@ -29,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--limit", type=int, help="handle at most this many questions (warmup, grpo)")
         p.set_defaults(func=func)
     for p in stages.choices.values():
+        if p.prog.endswith(" head"):
+            p.add_argument("--publish", type=Path, help="also write the head to this .npz (e.g. models/heads/...)")
         if p.prog.endswith("warmup"):
             p.add_argument("--mode", choices=("divergence", "paper"), help="override warmup.mode")
         if p.prog.endswith(("sft", "grpo")):
@@ -143,4 +147,37 @@ def cmd_ship(args: argparse.Namespace) -> int:
     if not adapter.is_dir():
         raise UserError(f"no adapter at {adapter} (train first or pass --adapter)")
     print(ship(config, adapter, publish_as=args.publish))
+    return 0
+
+
+def cmd_head_data(args: argparse.Namespace) -> int:
+    import torch
+
+    from cloud.backend import TransformersBackend
+    from evaluation.grading import grade
+    from models.supply import ensure_model
+    from training.head_data import HeadDataCollector, collect
+    from training.models import LocalSlm
+    from training.questions import EvalGuard
+
+    config = _config(args)
+    questions = _questions(config, args.limit)
+    m = config.models
+    if m.threads:
+        torch.set_num_threads(m.threads)
+    slm_torch = TransformersBackend.load(ensure_model(m.slm, cache_dir=m.cache_dir), device="cpu", dtype="float32")
+    llm = TransformersBackend.load(ensure_model(m.llm, cache_dir=m.cache_dir), device=m.llm_device, threads=m.threads)
+    slm = LocalSlm(slm_onnx_dir(config), threads=m.threads)
+    collector = HeadDataCollector(slm, slm_torch.model, llm.model, max_new_tokens=config.head.max_new_tokens)
+    out = Path(config.out_dir) / "head-data"
+    done = collect(collector, questions, out, guard=EvalGuard.from_benchmarks(m.cache_dir), grade=grade)
+    print(f"{done} questions in {out}")
+    return 0
+
+
+def cmd_head(args: argparse.Namespace) -> int:
+    from training.call_head import train_head
+
+    config = _config(args)
+    print(train_head(config, Path(config.out_dir) / "head-data", publish=args.publish))
     return 0

@@ -134,6 +134,22 @@ class GrpoSection(_Section):
     use_lora: bool = True
 
 
+class HeadSection(_Section):
+    """The call head (training/call_head.py): a decision to call learned beside the frozen SLM."""
+
+    max_new_tokens: int = Field(640, ge=8)
+    max_p_slm: float = Field(0.1, gt=0, lt=1)
+    """A divergence (positive label): the LLM gives the SLM's token at most this probability..."""
+    min_p_llm: float = Field(0.5, gt=0, lt=1)
+    """...and its own choice at least this one..."""
+    divergence_on: Literal["math", "any"] = "math"
+    """...and (math) either token holds a digit or an operator."""
+    l2: float = Field(1e-3, ge=0)
+    """Weight decay of the logistic fit."""
+    holdout: float = Field(0.2, gt=0, lt=1)
+    """Share of questions held out to measure the head against the entropy signal."""
+
+
 class TrainConfig(_Section):
     name: str = "custom"
     models: ModelsSection = ModelsSection()
@@ -141,6 +157,7 @@ class TrainConfig(_Section):
     warmup: WarmupSection = WarmupSection()
     sft: SftSection = SftSection()
     grpo: GrpoSection = GrpoSection()
+    head: HeadSection = HeadSection()
     seed: int = 0
     out_dir: Path = Path("runs/train")
     """Every stage writes under this folder: warmup/, sft/, grpo/, final/."""

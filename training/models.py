@@ -116,3 +116,19 @@ class TeacherLlm:
             if tid in self.eos_ids:
                 return
             logits = self.backend.forward(cache, [tid])
+
+
+def slm_output_matrix(hf_dir: Path) -> np.ndarray:
+    """The SLM's output layer E ([vocab, hidden]): logits = E h (the call head needs it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    layer = model.get_output_embeddings()
+    if getattr(layer, "bias", None) is not None:
+        raise ValueError(f"{hf_dir}: the output layer has a bias; the call head needs logits = E h")
+    return layer.weight.detach().numpy().copy()
+
+
+def slm_token_bytes(hf_dir: Path) -> list[bytes]:
+    return Vocab.load(hf_dir).token_bytes

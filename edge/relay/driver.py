@@ -21,6 +21,7 @@ from edge.cloud_link import CloudError, CloudLink, Sampling
 from edge.cost import BUDGET_REACHED, CostRecord, PriceTable, RelayCost
 from edge.detok import IncrementalDetokenizer
 from edge.events import AnswerFinished, RelayEvent, RelayStarted, TokenEvent
+from edge.relay.call_head import CallHead
 from edge.relay.commands import CommandMask
 from edge.relay.machine import CallCloud, Decode, Finish, RelayMachine, Step, TokenizerView
 from edge.relay.settings import RelaySettings
@@ -93,8 +94,11 @@ class RelayEngine:
         prices: PriceTable | None = None,
         *,
         cloud_state: str = "connected",
+        call_head: CallHead | None = None,
     ) -> None:
         self.slm = slm
+        self.call_head = call_head
+        """The `head` policy's decision (None: that policy is unavailable)."""
         self.vocab = vocab
         self.link = link
         self.prices = prices or PriceTable()
@@ -169,6 +173,10 @@ class RelayEngine:
         prompt = self.vocab.encode_chat(messages)
         if len(prompt) + 1 >= self.slm.max_context:
             raise UserError(f"prompt of {len(prompt)} tokens does not fit the context ({self.slm.max_context})")
+        if settings.policy == "head" and self.call_head is None:
+            raise UserError(
+                "policy head: no call head for this SLM (set models.call_head to a `relay train head` file)"
+            )
         if settings.policy != "never":
             self.check_cloud()
         return AnswerStream(self, prompt, settings, cancel or threading.Event())
@@ -186,6 +194,7 @@ class AnswerStream:
             cloud_available=engine.cloud_usable,
             cloud_max_n=getattr(engine.link, "max_n", None),
             cloud_max_context=getattr(engine.link, "max_context", None),
+            call_head=engine.call_head.probability if engine.call_head is not None else None,
         )
         self.record = CostRecord(prompt_tokens=len(prompt))
         if not self.machine.cloud_usable and settings.policy != "never":

@@ -16,7 +16,9 @@ wrote *including* its `<call>N</call>` commands, and the LLM's spans, appended a
 The LLM's context is the same conversation with every command cut out (see `commands.py`); it is
 append-only at the token level, so the cloud's per-session KV cache stays valid.
 
-Policies: `learned` relays on the SLM's own commands; `entropy` relays `fixed_n` tokens when the
+Policies: `learned` relays on the SLM's own commands; `head` relays `fixed_n` tokens when the
+call head's probability (a function of the SLM's logits, given to the machine) >= `head_tau`;
+`entropy` relays `fixed_n` tokens when the
 SLM's top-1 probability < tau (the low-confidence sample is discarded and the LLM writes that
 position instead); `random` does the same at rate p per token; `never` is the SLM alone;
 `cloud-only` hands the whole answer to the LLM. A command that cannot be served (`never`, cloud
@@ -101,7 +103,12 @@ class RelayMachine:
         cloud_available: bool = True,
         cloud_max_n: int | None = None,
         cloud_max_context: int | None = None,
+        call_head: Callable[[np.ndarray], float] | None = None,
     ) -> None:
+        if settings.policy == "head" and call_head is None:
+            raise ValueError("policy head needs a call head for this SLM")
+        self.call_head = call_head
+        """Logits -> probability of calling (policy `head`)."""
         self.settings = settings
         self.cloud_max_n = cloud_max_n
         """The server's cap on N per relay (ModelInfo); longer cloud-only answers take several relays."""
@@ -142,7 +149,7 @@ class RelayMachine:
             return self._finish([], "max_tokens")
         self._last_logits = logits
         confidence = top1_probability(logits)
-        trigger = self._policy_trigger(confidence)
+        trigger = self._policy_trigger(confidence, logits)
         if trigger is not None:
             return self._call([], self.settings.fixed_n, trigger)
         if not self._commands_allowed:
@@ -215,10 +222,12 @@ class RelayMachine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _policy_trigger(self, confidence: float) -> str | None:
+    def _policy_trigger(self, confidence: float, logits: np.ndarray) -> str | None:
         s = self.settings
         if not self.cloud_usable or self.relays >= s.max_relays:
             return None
+        if s.policy == "head" and self.call_head is not None and self.call_head(logits) >= s.head_tau:
+            return "head"
         if s.policy == "entropy" and confidence < s.entropy_tau:
             return "entropy"
         if s.policy == "random" and self._rng.random() < s.random_rate:
@@ -293,7 +302,7 @@ class RelayMachine:
             return events, Decode(feed)
         if self._last_logits is None:  # nothing ever reached the SLM: start from the prompt
             return events, Decode(list(self.prompt_ids))
-        # A controller relay (entropy/random) brought nothing: everything is already in the SLM's
+        # A controller relay (head/entropy/random) brought nothing: everything is already in the SLM's
         # cache, so sample from the logits it had (the cloud is off now: no trigger).
         more, action = self.on_logits(self._last_logits)
         return events + more, action

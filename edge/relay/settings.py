@@ -10,15 +10,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Policy = Literal["learned", "entropy", "random", "never", "cloud-only"]
-POLICIES: tuple[Policy, ...] = ("learned", "entropy", "random", "never", "cloud-only")
+Policy = Literal["learned", "head", "entropy", "random", "never", "cloud-only"]
+POLICIES: tuple[Policy, ...] = ("learned", "head", "entropy", "random", "never", "cloud-only")
 
 
 class RelaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: Policy = "learned"
-    """learned: the SLM's own `<call>N</call>` commands (RelayLLM). entropy: call with `fixed_n` when
+    """learned: the SLM's own `<call>N</call>` commands (RelayLLM). head: call with `fixed_n` when the
+    call head (a decision learned beside the frozen SLM, edge/relay/call_head.py) gives at least
+    `head_tau`. entropy: call with `fixed_n` when
     the SLM's top-1 probability is below `entropy_tau`. random: call with `fixed_n` at each token
     with probability `random_rate`. never: SLM alone (its commands are not served). cloud-only: LLM
     alone."""
@@ -39,8 +41,11 @@ class RelaySettings(BaseModel):
     """Cap on N per relay; larger requests are clamped."""
     entropy_tau: float = Field(0.35, gt=0, lt=1)
     """entropy policy: call when the SLM's top-1 probability falls below this."""
+    head_tau: float = Field(0.5, gt=0, lt=1)
+    """head policy: call when the call head's probability that the LLM would strongly disagree with
+    the SLM's next token reaches this."""
     fixed_n: int = Field(16, ge=1)
-    """N used by the entropy and random policies."""
+    """N used by the head, entropy and random policies."""
     random_rate: float = Field(0.01, ge=0, le=1)
     """random policy: per-token probability of calling."""
     budget_usd: float | None = Field(None, ge=0)

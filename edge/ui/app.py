@@ -61,6 +61,7 @@ T = TypeVar("T")
 
 POLICY_HELP = {
     "learned": "The SLM calls the cloud with its own <call>N</call> commands (RelayLLM)",
+    "head": "Call the cloud for fixed N tokens where the learned call head expects the LLM to disagree",
     "entropy": "Call the cloud for fixed N tokens when the SLM is unsure (top-1 prob. below τ)",
     "random": "Call the cloud at random (a baseline)",
     "never": "SLM alone: no cloud calls",

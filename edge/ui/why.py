@@ -19,8 +19,8 @@ from edge.trace import AnswerTrace, RelayMark, sparkline
 from edge.ui.footer import format_bytes, format_money
 from edge.ui.render import LLM_COLOR, MARK_COLOR, SLM_COLOR
 
-TRIGGERS = {"command": "the SLM's own <call>", "entropy": "entropy controller", "random": "random controller",
-            "cloud-only": "cloud-only answer"}  # fmt: skip
+TRIGGERS = {"command": "the SLM's own <call>", "head": "call head", "entropy": "entropy controller",
+            "random": "random controller", "cloud-only": "cloud-only answer"}  # fmt: skip
 
 
 def relay_rows(mark: RelayMark) -> list[tuple[str, str]]:
