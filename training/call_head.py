@@ -22,6 +22,8 @@ from edge.relay.call_head import CallHead, direction_from_hidden
 from training.insertion import is_math_token
 
 TOP_SHARE = 0.02
+HEAD_TAUS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5)
+ENTROPY_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 def labels(arrays: dict[str, np.ndarray], head_cfg, token_bytes) -> np.ndarray:
@@ -113,6 +115,42 @@ def signal_report(scores: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
+def simulate_relays(scores: np.ndarray, tau: float, *, fixed_n: int, max_relays: int) -> list[int]:
+    """Positions where a controller calling at score >= tau would relay on this answer, skipping the
+    `fixed_n` positions each relay hands to the LLM. An estimate from the SLM-alone answer (after a
+    real relay the SLM goes on from the LLM's text), used to pick a tau for a target share."""
+    fired, pos = [], 0
+    while pos < len(scores) and len(fired) < max_relays:
+        if scores[pos] >= tau:
+            fired.append(pos)
+            pos += fixed_n
+        else:
+            pos += 1
+    return fired
+
+
+def operating_points(
+    per_answer: list[tuple[np.ndarray, np.ndarray]], taus, *, fixed_n: int, max_relays: int
+) -> list[dict]:
+    """For each tau: simulated relays per answer, LLM share, and the share of relays that land on a
+    divergence or within the `fixed_n` tokens before one (so the LLM writes that position)."""
+    points = []
+    for tau in taus:
+        relays = hits = tokens = 0
+        for scores, y in per_answer:
+            fired = simulate_relays(scores, tau, fixed_n=fixed_n, max_relays=max_relays)
+            relays += len(fired)
+            hits += sum(bool(y[p : p + fixed_n].any()) for p in fired)
+            tokens += len(scores)
+        points.append({
+            "tau": tau,
+            "relays_per_answer": round(relays / len(per_answer), 3),
+            "llm_share": round(relays * fixed_n / max(tokens, 1), 4),
+            "relays_on_divergence": round(hits / relays, 4) if relays else None,
+        })  # fmt: skip
+    return points
+
+
 def to_head(
     w: np.ndarray, b: float, mean: np.ndarray, std: np.ndarray, output_matrix: np.ndarray, meta: dict
 ) -> CallHead:
@@ -136,6 +174,10 @@ def evaluate_split(rows, head_cfg, token_bytes) -> dict:
         raise UserError("no divergence positions on one side of the split: collect more head data")
     w, b, mean, std = fit_logistic(x_tr, y_tr, head_cfg.l2)
     head_scores = ((x_ho - mean) / std) @ w + b
+    split = np.cumsum([len(a["slm_top1"]) for _, a in held])[:-1]
+    per_answer = list(zip(np.split(1 / (1 + np.exp(-head_scores)), split), np.split(y_ho, split), strict=True))
+    unsure = [(1 - a["slm_top1"], y) for (_, a), (_, y) in zip(held, per_answer, strict=True)]
+    sim = {"fixed_n": head_cfg.fixed_n, "max_relays": head_cfg.max_relays}
     return {
         "questions": {"train": len(train), "holdout": len(held)},
         "positions": {"train": int(len(y_tr)), "holdout": int(len(y_ho))},
@@ -144,6 +186,13 @@ def evaluate_split(rows, head_cfg, token_bytes) -> dict:
             "head": signal_report(head_scores, y_ho),
             "low_top1": signal_report(-x_ho[:, -2], y_ho),
             "entropy": signal_report(x_ho[:, -1], y_ho),
+        },
+        "simulated": {
+            "head@tau": operating_points(per_answer, HEAD_TAUS, **sim),
+            "entropy@tau": [  # the entropy controller calls below a top-1 probability tau
+                p | {"tau": round(1 - p["tau"], 2)}
+                for p in operating_points(unsure, [1 - t for t in ENTROPY_TAUS], **sim)
+            ],
         },
     }
 

@@ -148,6 +148,9 @@ class HeadSection(_Section):
     """Weight decay of the logistic fit."""
     holdout: float = Field(0.2, gt=0, lt=1)
     """Share of questions held out to measure the head against the entropy signal."""
+    fixed_n: int = Field(16, ge=1)
+    max_relays: int = Field(4, ge=0)
+    """N and relays of the serving policy, for the held-out simulation of where relays would land."""
 
 
 class TrainConfig(_Section):

@@ -112,3 +112,15 @@ def test_head_policy_calls_where_the_head_fires_and_discards_that_sample() -> No
 def test_head_policy_needs_a_head() -> None:
     with pytest.raises(ValueError, match="needs a call head"):
         RelayMachine(encode("Q?"), view(), RelaySettings(policy="head"))
+
+
+def test_simulated_relays_skip_what_the_llm_writes_and_stop_at_the_limit() -> None:
+    from training.call_head import operating_points, simulate_relays
+
+    scores = np.array([0.9, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9])
+    assert simulate_relays(scores, 0.5, fixed_n=3, max_relays=4) == [0, 3, 6]
+    assert simulate_relays(scores, 0.5, fixed_n=1, max_relays=2) == [0, 1]
+    y = np.zeros(8, dtype=bool)
+    y[4] = True
+    (point,) = operating_points([(scores, y)], [0.5], fixed_n=3, max_relays=4)
+    assert point == {"tau": 0.5, "relays_per_answer": 3.0, "llm_share": 1.125, "relays_on_divergence": 0.3333}
