@@ -22,7 +22,7 @@ from edge.relay.call_head import CallHead, direction_from_hidden
 from training.insertion import is_math_token
 
 TOP_SHARE = 0.02
-HEAD_TAUS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5)
+HEAD_TAUS = (0.03, 0.05, 0.07, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.5)
 ENTROPY_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
@@ -40,9 +40,10 @@ def labels(arrays: dict[str, np.ndarray], head_cfg, token_bytes) -> np.ndarray:
     return strong
 
 
-def in_holdout(question_id: str, share: float) -> bool:
+def fold_of(question_id: str, folds: int) -> int:
+    """A question's cross-validation fold: stable, from a hash of its id."""
     digest = hashlib.sha256(f"relayllm/head/{question_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < share
+    return int.from_bytes(digest[:4], "big") % folds
 
 
 def design(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -162,30 +163,35 @@ def to_head(
     return CallHead(direction, float(raw[hidden]), float(raw[hidden + 1]), bias, meta)
 
 
-def evaluate_split(rows, head_cfg, token_bytes) -> dict:
-    """Fit on the training questions, score the held-out ones: the head against the raw signals."""
-    train = [(r, a) for r, a in rows if not in_holdout(r["id"], head_cfg.holdout)]
-    held = [(r, a) for r, a in rows if in_holdout(r["id"], head_cfg.holdout)]
-    if not train or not held:
-        raise UserError(f"need questions on both sides of the hold-out split (have {len(rows)})")
-    x_tr, y_tr = stack(train, head_cfg, token_bytes)
-    x_ho, y_ho = stack(held, head_cfg, token_bytes)
-    if not y_tr.any() or not y_ho.any():
-        raise UserError("no divergence positions on one side of the split: collect more head data")
-    w, b, mean, std = fit_logistic(x_tr, y_tr, head_cfg.l2)
-    head_scores = ((x_ho - mean) / std) @ w + b
-    split = np.cumsum([len(a["slm_top1"]) for _, a in held])[:-1]
-    per_answer = list(zip(np.split(1 / (1 + np.exp(-head_scores)), split), np.split(y_ho, split), strict=True))
-    unsure = [(1 - a["slm_top1"], y) for (_, a), (_, y) in zip(held, per_answer, strict=True)]
+def cross_validate(rows, head_cfg, token_bytes) -> dict:
+    """Every question scored by a head fitted without it (k folds by question): the head against
+    the raw signals, and the simulated operating points of head@tau and entropy@tau."""
+    folds = [fold_of(r["id"], head_cfg.folds) for r, _ in rows]
+    if len(set(folds)) < 2:
+        raise UserError(f"need questions in at least two folds to measure the head (have {len(rows)} questions)")
+    parts = [stack([row], head_cfg, token_bytes) for row in rows]
+    scores: list[np.ndarray] = [np.empty(0)] * len(rows)
+    for k in sorted(set(folds)):
+        train = [i for i, f in enumerate(folds) if f != k]
+        x_tr = np.concatenate([parts[i][0] for i in train])
+        y_tr = np.concatenate([parts[i][1] for i in train])
+        if not y_tr.any():
+            raise UserError("no divergence positions outside one fold: collect more head data")
+        w, b, mean, std = fit_logistic(x_tr, y_tr, head_cfg.l2)
+        for i, f in enumerate(folds):
+            if f == k:
+                scores[i] = 1 / (1 + np.exp(-(((parts[i][0] - mean) / std) @ w + b)))
+    y_all = np.concatenate([y for _, y in parts])
+    x_all = np.concatenate([x for x, _ in parts])
+    per_answer = [(s, y) for s, (_, y) in zip(scores, parts, strict=True)]
+    unsure = [(1 - a["slm_top1"], y) for (_, a), (_, y) in zip(rows, parts, strict=True)]
     sim = {"fixed_n": head_cfg.fixed_n, "max_relays": head_cfg.max_relays}
     return {
-        "questions": {"train": len(train), "holdout": len(held)},
-        "positions": {"train": int(len(y_tr)), "holdout": int(len(y_ho))},
-        "positives": {"train": int(y_tr.sum()), "holdout": int(y_ho.sum())},
-        "holdout": {
-            "head": signal_report(head_scores, y_ho),
-            "low_top1": signal_report(-x_ho[:, -2], y_ho),
-            "entropy": signal_report(x_ho[:, -1], y_ho),
+        "folds": head_cfg.folds,
+        "out_of_fold": {
+            "head": signal_report(np.concatenate(scores), y_all),
+            "low_top1": signal_report(-x_all[:, -2], y_all),
+            "entropy": signal_report(x_all[:, -1], y_all),
         },
         "simulated": {
             "head@tau": operating_points(per_answer, HEAD_TAUS, **sim),
@@ -212,8 +218,8 @@ def train_head(config, data_dir: Path, *, publish: Path | None = None, say=print
     slm_dir = ensure_model(config.models.slm, cache_dir=config.models.cache_dir)
     token_bytes = slm_token_bytes(slm_dir)
     h = config.head
-    report = evaluate_split(rows, h, token_bytes)
-    say(json.dumps(report["holdout"]))
+    report = cross_validate(rows, h, token_bytes)
+    say(json.dumps(report["out_of_fold"]))
     x, y = stack(rows, h, token_bytes)
     w, b, mean, std = fit_logistic(x, y, h.l2)
     meta = {
@@ -224,7 +230,7 @@ def train_head(config, data_dir: Path, *, publish: Path | None = None, say=print
         "positives": int(y.sum()),
         "label": {"max_p_slm": h.max_p_slm, "min_p_llm": h.min_p_llm, "on": h.divergence_on},
         "l2": h.l2,
-        "holdout": report,
+        "cross_validation": report,
     }
     head = to_head(w, b, mean, std, slm_output_matrix(slm_dir), meta)
     out = Path(config.out_dir) / "head"

@@ -50,7 +50,7 @@ def test_head_data_fit_and_serve(run_dir, tiny_pair, tiny_onnx) -> None:
     assert main(["train", "head", *flags, "--publish", str(out / "published.npz")]) == 0
     head = CallHead.load(out / "head" / "call_head.npz")
     report = json.loads((out / "head" / "report.json").read_text())
-    assert report["positives"] > 0 and set(report["holdout"]["holdout"]) == {"head", "low_top1", "entropy"}
+    assert report["positives"] > 0 and set(report["cross_validation"]["out_of_fold"]) == {"head", "low_top1", "entropy"}
     assert CallHead.load(out / "published.npz").digest == head.digest
 
     vocab = Vocab.load(tiny_onnx)

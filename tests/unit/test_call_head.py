@@ -12,7 +12,7 @@ from edge.relay.call_head import CallHead, direction_from_hidden
 from edge.relay.machine import RelayMachine
 from edge.relay.settings import RelaySettings
 from tests.fakes import TOKEN_BYTES, ScriptedSlm, encode, run_machine, text_of, view
-from training.call_head import auc, fit_logistic, in_holdout, labels, precision_at, to_head
+from training.call_head import auc, fit_logistic, fold_of, labels, precision_at, to_head
 from training.config import HeadSection
 
 
@@ -71,11 +71,11 @@ def test_labels_are_strong_disagreements_on_numbers() -> None:
     assert labels(arrays, anywhere, tb).tolist() == [True, True, False, False]
 
 
-def test_holdout_is_by_question_and_stable() -> None:
+def test_folds_are_by_question_and_stable() -> None:
     ids = [f"math/{i}" for i in range(400)]
-    held = [i for i in ids if in_holdout(i, 0.2)]
-    assert held == [i for i in ids if in_holdout(i, 0.2)]
-    assert 50 < len(held) < 110
+    folds = [fold_of(i, 5) for i in ids]
+    assert folds == [fold_of(i, 5) for i in ids]
+    assert all(50 < folds.count(k) < 110 for k in range(5))
 
 
 def test_file_round_trip_and_bad_files(tmp_path) -> None:

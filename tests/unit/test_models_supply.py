@@ -159,6 +159,23 @@ def test_registry_rejects_a_pair_naming_a_missing_model(tmp_path: Path) -> None:
         load_registry(file)
 
 
+def test_a_pair_call_head_resolves_from_the_registry_folder_and_only_for_its_own_slm(tmp_path: Path) -> None:
+    from edge.app import resolve_models
+    from edge.config import load_edge_config
+
+    file = tmp_path / "registry.yaml"
+    file.write_text(
+        "default_pair: p\nmodels:\n  a: {source: {type: local, path: /x}}\n"
+        "pairs:\n  p: {slm: a, llm: a, call_head: heads/p.npz}\n"
+    )
+    assert load_registry(file).pair("p")[1].call_head == (tmp_path / "heads" / "p.npz").resolve()
+    # An SLM given as an ONNX folder is not the pair's: no head unless one is named.
+    config = load_edge_config(None, [f"models.slm_onnx_dir={tmp_path}"])
+    assert resolve_models(config, need_llm=False).call_head is None
+    named = load_edge_config(None, [f"models.slm_onnx_dir={tmp_path}", f"models.call_head={tmp_path / 'h.npz'}"])
+    assert resolve_models(named, need_llm=False).call_head == tmp_path / "h.npz"
+
+
 # -- fetch_wheel ---------------------------------------------------------------------------------
 
 
