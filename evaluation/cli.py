@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             benchmark=benchmark,
             slice_name=args.slice,
             progress=not args.no_progress,
-            call_head=engines[0].call_head.digest if engines[0].call_head is not None else "",
+            call_head=head.digest if (head := getattr(engines[0], "call_head", None)) is not None else "",
         )
     summary = write_report(out)
     print(summary_markdown(summary))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from evaluation import baselines
-from evaluation.harness import load_run
+from evaluation.harness import LEARNED_POLICIES, load_run
 
 SLM, LLM = "never", "cloud-only"
 ROUTER_ROW = "random-query (computed)"
@@ -46,7 +46,7 @@ def build_summary(run_dir: Path, baseline: Path | None = None) -> dict:
     if slm and slm["graded"]:  # problem by problem against the SLM alone needs no LLM run
         out["comparisons"] = {label: {"vs_slm": baselines.paired(s, slm)} for label, s in policies.items()}
     if slm and llm and slm["graded"] and llm["graded"]:
-        share = policies["learned"]["llm_share"] if "learned" in policies else None
+        share = next((s["llm_share"] for label, s in policies.items() if _learned(label)), None)
         out["router"] = {
             "curve": baselines.router_curve(slm, llm, points=201),
             "at_learned_share": None if share is None else baselines.router_at_share(share, slm, llm),
@@ -54,6 +54,12 @@ def build_summary(run_dir: Path, baseline: Path | None = None) -> dict:
         for label, s in policies.items():
             out["comparisons"][label] |= baselines.compare(s, slm, llm)
     return out
+
+
+def _learned(label: str) -> bool:
+    """A decision learned from data, run in this run (not the baseline's): the router is shown at
+    the share of the first one."""
+    return label.partition("@")[0] in LEARNED_POLICIES
 
 
 def _pct(value: float | None) -> str:
