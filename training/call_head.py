@@ -163,9 +163,9 @@ def to_head(
     return CallHead(direction, float(raw[hidden]), float(raw[hidden + 1]), bias, meta)
 
 
-def cross_validate(rows, head_cfg, token_bytes) -> dict:
-    """Every question scored by a head fitted without it (k folds by question): the head against
-    the raw signals, and the simulated operating points of head@tau and entropy@tau."""
+def out_of_fold(rows, head_cfg, token_bytes) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """Every answer's head probabilities from a head fitted without its question (k folds by
+    question), with each answer's (design, labels)."""
     folds = [fold_of(r["id"], head_cfg.folds) for r, _ in rows]
     if len(set(folds)) < 2:
         raise UserError(f"need questions in at least two folds to measure the head (have {len(rows)} questions)")
@@ -181,6 +181,13 @@ def cross_validate(rows, head_cfg, token_bytes) -> dict:
         for i, f in enumerate(folds):
             if f == k:
                 scores[i] = 1 / (1 + np.exp(-(((parts[i][0] - mean) / std) @ w + b)))
+    return scores, parts
+
+
+def cross_validate(rows, head_cfg, token_bytes) -> dict:
+    """The out-of-fold head against the raw signals, and the simulated operating points of
+    head@tau and entropy@tau."""
+    scores, parts = out_of_fold(rows, head_cfg, token_bytes)
     y_all = np.concatenate([y for _, y in parts])
     x_all = np.concatenate([x for x, _ in parts])
     per_answer = [(s, y) for s, (_, y) in zip(scores, parts, strict=True)]

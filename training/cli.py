@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("ship", cmd_ship, "merge the adapter, export ONNX int8 and check it runs in the edge runtime"),
         ("head-data", cmd_head_data, "the SLM's greedy answers scored by the LLM: data for the call head"),
         ("head", cmd_head, "fit the call head on that data and write it beside the SLM"),
+        ("fix-probe", cmd_fix_probe, "which single relay fixes a wrong answer: head, entropy, random ..."),
     ):
         p = stages.add_parser(name, help=text)
         p.add_argument("--recipe", default="cpu", help="smoke | cpu | gpu | path to a recipe YAML")
@@ -180,4 +181,38 @@ def cmd_head(args: argparse.Namespace) -> int:
 
     config = _config(args)
     print(train_head(config, Path(config.out_dir) / "head-data", publish=args.publish))
+    return 0
+
+
+def cmd_fix_probe(args: argparse.Namespace) -> int:
+    from evaluation.grading import grade
+    from evaluation.prompts import messages_for
+    from models.supply import ensure_model
+    from training.call_head import labels, out_of_fold
+    from training.fix_probe import FixProbe, positions, run_probe
+    from training.head_data import load_features
+    from training.models import LocalSlm, TeacherLlm, slm_token_bytes
+
+    config = _config(args)
+    m, h = config.models, config.head
+    questions = {q.id: q for q in _questions(config, None)}
+    rows = load_features(Path(config.out_dir) / "head-data")
+    token_bytes = slm_token_bytes(ensure_model(m.slm, cache_dir=m.cache_dir))
+    scores, _ = out_of_fold(rows, h, token_bytes)
+    slm = LocalSlm(slm_onnx_dir(config), threads=m.threads)
+    items = []
+    for (row, arrays), head_scores in zip(rows, scores, strict=True):
+        if row["correct"] or row["id"] not in questions:
+            continue
+        q = questions[row["id"]]
+        where = positions(q.id, arrays, head_scores, labels(arrays, h, token_bytes), h)
+        prompt = slm.vocab.encode_chat(messages_for(q.question))
+        items.append({"id": q.id, "gold": q.answer, "prompt": prompt, "answer": arrays["slm_token"].tolist(),
+                      "positions": where})  # fmt: skip
+    items = items[: args.limit] if args.limit else items
+    llm = TeacherLlm(ensure_model(m.llm, cache_dir=m.cache_dir), device=m.llm_device, threads=m.threads)
+    probe = FixProbe(slm, llm, slm.vocab, grade, fixed_n=h.fixed_n, max_new_tokens=h.max_new_tokens)
+    summary = run_probe(probe, items, Path(config.out_dir) / "fix-probe")
+    for chooser, s in summary.items():
+        print(f"{chooser:>10}: {s['fixed']} fixed of {s['answers']} wrong answers (called on {s['called']})")
     return 0

@@ -148,6 +148,9 @@ class HeadSection(_Section):
     """Weight decay of the logistic fit (1e-2 was best of 1e-4 ... 1e-1 in cross-validation)."""
     folds: int = Field(5, ge=2)
     """Cross-validation folds (by question) that measure the head against the entropy signal."""
+    probe_head_tau: float = Field(0.1, gt=0, lt=1)
+    probe_entropy_tau: float = Field(0.3, gt=0, lt=1)
+    """fix-probe: the head@tau and entropy@tau whose first call is tried on each wrong answer."""
     fixed_n: int = Field(16, ge=1)
     max_relays: int = Field(4, ge=0)
     """N and relays of the serving policy, for the held-out simulation of where relays would land."""

@@ -65,6 +65,16 @@ def test_head_data_fit_and_serve(run_dir, tiny_pair, tiny_onnx) -> None:
     probabilities = [head.probability(slm.prefill(vocab.encode_chat(messages)))]
     assert 0.0 < probabilities[0] < 1.0
 
+    # One relay per controller on each wrong answer, resumable (the tiny SLM gets everything wrong).
+    assert main(["train", "fix-probe", *flags, "--limit", "2"]) == 0
+    assert main(["train", "fix-probe", *flags, "--limit", "2"]) == 0
+    trials = [json.loads(line) for line in (out / "fix-probe" / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2 * 5 and {t["chooser"] for t in trials} == {"head", "entropy", "divergence", "start", "random"}
+    start = next(t for t in trials if t["chooser"] == "start")
+    assert start["at"] == 0 and 1 <= start["llm_tokens"] <= 3 and start["tokens"] >= start["llm_tokens"]
+    summary = json.loads((out / "fix-probe" / "summary.json").read_text())
+    assert summary["start"] == {"answers": 2, "called": 2, "fixed": 0, "fix_rate": 0.0}
+
     bare = RelayEngine(slm, vocab, None)
     with pytest.raises(UserError, match="no call head for this SLM"):
         bare.answer(messages, eager)
