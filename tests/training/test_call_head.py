@@ -18,6 +18,7 @@ from edge.runtime import OnnxSlm
 from edge.vocab import Vocab
 from relaycli.main import main
 from tests.grpc.server_thread import tiny_backend
+from training.fix_probe import CHOOSERS
 from training.head_data import PROGRESS, load_features
 from training.questions import EvalGuard
 
@@ -69,7 +70,7 @@ def test_head_data_fit_and_serve(run_dir, tiny_pair, tiny_onnx) -> None:
     assert main(["train", "fix-probe", *flags, "--limit", "2"]) == 0
     assert main(["train", "fix-probe", *flags, "--limit", "2"]) == 0
     trials = [json.loads(line) for line in (out / "fix-probe" / "trials.jsonl").read_text().splitlines()]
-    assert len(trials) == 2 * 5 and {t["chooser"] for t in trials} == {"head", "entropy", "divergence", "start", "random"}
+    assert len(trials) == 2 * len(CHOOSERS) and {t["chooser"] for t in trials} == set(CHOOSERS)
     start = next(t for t in trials if t["chooser"] == "start")
     assert start["at"] == 0 and 1 <= start["llm_tokens"] <= 3 and start["tokens"] >= start["llm_tokens"]
     summary = json.loads((out / "fix-probe" / "summary.json").read_text())
