@@ -72,6 +72,10 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None, steps: Steps | None
     slm = OnnxSlm.load(dirs.slm_onnx, provider=m.provider, threads=m.threads, spin=m.spin_threads)
     vocab = Vocab.load(dirs.slm_onnx, vocab_size=slm.vocab_size)
     say(f"SLM on {slm.provider}")
+    head = CallHead.load(dirs.call_head) if dirs.call_head is not None else None
+    if head is not None and len(head.direction) != slm.vocab_size:
+        raise UserError(f"call head {dirs.call_head} is for another SLM (vocabulary {len(head.direction)}, "
+                        f"this SLM's {slm.vocab_size})")  # fmt: skip
     with contextlib.ExitStack() as stack:
         token = config.cloud.token.get_secret_value() if config.cloud.token else env_secret("RELAY_CLOUD_TOKEN")
         state = "connected"
@@ -87,7 +91,6 @@ def open_engine(config: EdgeConfig, *, say=lambda msg: None, steps: Steps | None
             if link is not None:
                 stack.callback(link.close)
                 state = state if link.checked else "reconnecting"
-        head = CallHead.load(dirs.call_head) if dirs.call_head is not None else None
         engine = RelayEngine(slm, vocab, link, config.prices, cloud_state=state if link else "offline", call_head=head)
         engine.cloud_address = None if address == "off" else address
         engine.cloud_note = note

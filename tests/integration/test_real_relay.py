@@ -7,7 +7,7 @@ import pytest
 
 from edge.app import open_engine
 from edge.config import EdgeConfig
-from edge.events import RelayFinished, TokenEvent
+from edge.events import RelayFinished, RelayStarted, TokenEvent
 from edge.relay.settings import RelaySettings
 
 pytestmark = pytest.mark.real
@@ -48,3 +48,15 @@ def test_relay_splices_llm_tokens_into_the_answer(engine) -> None:
     assert all(r.bytes_up > 0 and r.bytes_down > 0 and r.cloud_server_ms > 0 for r in record.relays)
     assert record.relays[1].cloud_cached_tokens > 0  # the second relay reused the session's KV cache
     assert 0 < record.money < record.money_llm_only * 10
+
+
+def test_the_shipped_call_head_scores_the_real_slm(engine) -> None:
+    """The default pair's head is loaded and, on this answer, fires only where it gives >= tau."""
+    assert engine.call_head is not None and engine.call_head.meta["slm"] == "qwen2.5-coder-0.5b-instruct"
+    prompt = engine.vocab.encode_chat([{"role": "user", "content": QUESTION}])
+    first = engine.call_head.probability(engine.slm.prefill(prompt))
+    assert 0.0 < first < 1.0
+    below = RelaySettings(policy="head", head_tau=min(first * 0.5, 0.5), fixed_n=4, max_relays=1, max_new_tokens=30)
+    events = list(engine.answer([{"role": "user", "content": QUESTION}], below))
+    started = [e for e in events if isinstance(e, RelayStarted)]
+    assert [(e.trigger, e.n_granted) for e in started] == [("head", 4)]

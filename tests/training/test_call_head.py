@@ -76,6 +76,18 @@ def test_head_data_fit_and_serve(run_dir, tiny_pair, tiny_onnx) -> None:
     summary = json.loads((out / "fix-probe" / "summary.json").read_text())
     assert summary["start"] == {"answers": 2, "called": 2, "fixed": 0, "fix_rate": 0.0}
 
+    # The edge loads a named head, and refuses one made for another vocabulary before anything starts.
+    from edge.app import open_engine
+    from edge.config import load_edge_config
+
+    flags_off = [f"models.slm_onnx_dir={tiny_onnx}", "cloud.address=off"]
+    with open_engine(load_edge_config(None, [*flags_off, f"models.call_head={out / 'published.npz'}"])) as edge:
+        assert edge.call_head is not None and edge.call_head.digest == head.digest
+    CallHead(np.zeros(7, np.float32), 0.0, 0.0, 0.0).save(out / "other.npz")
+    with pytest.raises(UserError, match="is for another SLM"):
+        with open_engine(load_edge_config(None, [*flags_off, f"models.call_head={out / 'other.npz'}"])):
+            pass
+
     bare = RelayEngine(slm, vocab, None)
     with pytest.raises(UserError, match="no call head for this SLM"):
         bare.answer(messages, eager)
