@@ -163,13 +163,17 @@ def to_head(
     return CallHead(direction, float(raw[hidden]), float(raw[hidden + 1]), bias, meta)
 
 
-def out_of_fold(rows, head_cfg, token_bytes) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+def answer_parts(rows, head_cfg, token_bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(design, labels) of each answer, computed once for the folds, the report and the final fit."""
+    return [(design(a), labels(a, head_cfg, token_bytes)) for _, a in rows]
+
+
+def out_of_fold(rows, parts, head_cfg) -> list[np.ndarray]:
     """Every answer's head probabilities from a head fitted without its question (k folds by
-    question), with each answer's (design, labels)."""
+    question); `parts` from `answer_parts`."""
     folds = [fold_of(r["id"], head_cfg.folds) for r, _ in rows]
     if len(set(folds)) < 2:
         raise UserError(f"need questions in at least two folds to measure the head (have {len(rows)} questions)")
-    parts = [stack([row], head_cfg, token_bytes) for row in rows]
     scores: list[np.ndarray] = [np.empty(0)] * len(rows)
     for k in sorted(set(folds)):
         train = [i for i, f in enumerate(folds) if f != k]
@@ -181,13 +185,13 @@ def out_of_fold(rows, head_cfg, token_bytes) -> tuple[list[np.ndarray], list[tup
         for i, f in enumerate(folds):
             if f == k:
                 scores[i] = 1 / (1 + np.exp(-(((parts[i][0] - mean) / std) @ w + b)))
-    return scores, parts
+    return scores
 
 
-def cross_validate(rows, head_cfg, token_bytes) -> dict:
+def cross_validate(rows, parts, head_cfg) -> dict:
     """The out-of-fold head against the raw signals, and the simulated operating points of
     head@tau and entropy@tau."""
-    scores, parts = out_of_fold(rows, head_cfg, token_bytes)
+    scores = out_of_fold(rows, parts, head_cfg)
     y_all = np.concatenate([y for _, y in parts])
     x_all = np.concatenate([x for x, _ in parts])
     per_answer = [(s, y) for s, (_, y) in zip(scores, parts, strict=True)]
@@ -210,12 +214,6 @@ def cross_validate(rows, head_cfg, token_bytes) -> dict:
     }
 
 
-def stack(rows, head_cfg, token_bytes) -> tuple[np.ndarray, np.ndarray]:
-    xs = [design(a) for _, a in rows]
-    ys = [labels(a, head_cfg, token_bytes) for _, a in rows]
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def train_head(config, data_dir: Path, *, publish: Path | None = None, say=print) -> str:
     from models.supply import ensure_model
     from training.head_data import load_features
@@ -225,9 +223,10 @@ def train_head(config, data_dir: Path, *, publish: Path | None = None, say=print
     slm_dir = ensure_model(config.models.slm, cache_dir=config.models.cache_dir)
     token_bytes = slm_token_bytes(slm_dir)
     h = config.head
-    report = cross_validate(rows, h, token_bytes)
+    parts = answer_parts(rows, h, token_bytes)
+    report = cross_validate(rows, parts, h)
     say(json.dumps(report["out_of_fold"]))
-    x, y = stack(rows, h, token_bytes)
+    x, y = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
     w, b, mean, std = fit_logistic(x, y, h.l2)
     meta = {
         "slm": config.models.slm,

@@ -188,7 +188,7 @@ def cmd_fix_probe(args: argparse.Namespace) -> int:
     from evaluation.grading import grade
     from evaluation.prompts import messages_for
     from models.supply import ensure_model
-    from training.call_head import labels, out_of_fold
+    from training.call_head import answer_parts, out_of_fold
     from training.fix_probe import FixProbe, positions, run_probe
     from training.head_data import load_features
     from training.models import LocalSlm, TeacherLlm, slm_token_bytes
@@ -198,14 +198,15 @@ def cmd_fix_probe(args: argparse.Namespace) -> int:
     questions = {q.id: q for q in _questions(config, None)}
     rows = load_features(Path(config.out_dir) / "head-data")
     token_bytes = slm_token_bytes(ensure_model(m.slm, cache_dir=m.cache_dir))
-    scores, _ = out_of_fold(rows, h, token_bytes)
+    parts = answer_parts(rows, h, token_bytes)
+    scores = out_of_fold(rows, parts, h)
     slm = LocalSlm(slm_onnx_dir(config), threads=m.threads)
     items = []
-    for (row, arrays), head_scores in zip(rows, scores, strict=True):
+    for (row, arrays), head_scores, (_, divergences) in zip(rows, scores, parts, strict=True):
         if row["correct"] or row["id"] not in questions:
             continue
         q = questions[row["id"]]
-        where = positions(q.id, arrays, head_scores, labels(arrays, h, token_bytes), h)
+        where = positions(q.id, arrays, head_scores, divergences, h)
         prompt = slm.vocab.encode_chat(messages_for(q.question))
         items.append({"id": q.id, "gold": q.answer, "prompt": prompt, "answer": arrays["slm_token"].tolist(),
                       "positions": where})  # fmt: skip

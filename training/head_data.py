@@ -1,7 +1,7 @@
 """Data for the call head: the SLM's own greedy answers, what it knew at each token, and where the
 LLM strongly disagreed (`relay train head-data`).
 
-For each training question (never an evaluation problem), in batches:
+For each training question (never an evaluation problem), one at a time:
 1. the SLM answers greedily with the evaluation prompt, on onnxruntime as the edge serves it;
 2. one forward of the same SLM in torch over prompt + answer gives, for every answer position, the final hidden state
    the next token is read from, the top-1 probability and the entropy of that distribution;
@@ -18,7 +18,6 @@ file is in place: a run stopped half-way resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +126,3 @@ def load_features(out: Path) -> list[tuple[dict, dict[str, np.ndarray]]]:
     if not rows:
         raise UserError(f"no questions finished in {path}")
     return rows
-
-
-def write_meta(out: Path, meta: dict) -> None:
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from edge.relay.commands import CommandMask
 from edge.relay.machine import Finish, RelayMachine, TokenizerView
 from edge.relay.settings import RelaySettings
@@ -126,7 +127,7 @@ def slm_output_matrix(hf_dir: Path) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     layer = model.get_output_embeddings()
     if getattr(layer, "bias", None) is not None:
-        raise ValueError(f"{hf_dir}: the output layer has a bias; the call head needs logits = E h")
+        raise UserError(f"{hf_dir}: the output layer has a bias; the call head needs logits = E h")
     return layer.weight.detach().numpy().copy()
 
 
